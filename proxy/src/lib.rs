@@ -1,0 +1,1 @@
+//! Petrel data plane.

@@ -1,0 +1,383 @@
+//! The one table of what Petrel does with each Envoy config field.
+//!
+//! Every set field of a bootstrap (and, later, of xDS resources) is checked against this
+//! table before the config is compiled:
+//! - **supported**: Petrel implements it; the walk descends into it.
+//! - **ignored**: it does not change how traffic is handled (stats sinks, tracing, runtime,
+//!   tuning knobs); Petrel accepts it and warns once.
+//! - anything else set is **rejected**: startup fails (or the resource is NACKed) naming the
+//!   field path, because silently dropping it would change behaviour.
+//!
+//! The README's status table is generated from the same entries (`petrel --print-support`).
+use prost_reflect::{DynamicMessage, ReflectMessage, Value};
+
+use crate::decode::any_to_dynamic;
+
+/// What Petrel does with the fields of one message type.
+#[derive(Debug)]
+pub struct Rule {
+    /// Full proto name, e.g. `envoy.config.cluster.v3.Cluster`.
+    pub message: &'static str,
+    /// Implemented fields.
+    pub supported: &'static [&'static str],
+    /// Accepted with a warning: they do not change traffic handling.
+    pub ignored: &'static [&'static str],
+}
+
+/// The outcome of checking a config tree.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// `path: field ignored` lines, one per distinct path.
+    pub warnings: Vec<String>,
+    /// `path: not supported` lines; non-empty means the config must be refused.
+    pub rejections: Vec<String>,
+}
+
+/// Messages accepted whole, without looking inside: plain data with no behaviour of its own,
+/// or protocol tuning whose defaults Petrel's codecs already follow.
+const OPAQUE: &[&str] = &[
+    "envoy.config.core.v3.Node",
+    "envoy.config.core.v3.Locality",
+    "envoy.config.core.v3.Metadata",
+    "envoy.config.core.v3.Http1ProtocolOptions",
+    "envoy.config.core.v3.Http2ProtocolOptions",
+    "envoy.config.core.v3.HttpProtocolOptions",
+    "envoy.config.core.v3.RuntimeFractionalPercent",
+    "envoy.type.v3.FractionalPercent",
+    "envoy.type.v3.Percent",
+];
+
+macro_rules! rules {
+    ($( $msg:literal => { supported: [$($s:literal),* $(,)?], ignored: [$($i:literal),* $(,)?] $(,)? } ),* $(,)?) => {
+        &[ $( Rule { message: $msg, supported: &[$($s),*], ignored: &[$($i),*] } ),* ]
+    };
+}
+
+/// The table. Keep the README's "Envoy config support" section in step with it.
+pub static RULES: &[Rule] = rules! {
+    "envoy.config.bootstrap.v3.Bootstrap" => {
+        supported: ["node", "static_resources", "admin"],
+        ignored: ["stats_sinks", "stats_config", "stats_flush_interval", "stats_flush_on_admin",
+            "tracing", "layered_runtime", "overload_manager", "watchdog", "watchdogs",
+            "enable_dispatcher_stats", "stats_server_version_override", "use_tcp_for_dns_lookups",
+            "dns_resolution_config", "typed_dns_resolver_config", "fatal_actions",
+            "application_log_config", "node_context_params", "inline_headers",
+            "perf_tracing_file_path", "default_regex_engine", "flags_path", "cluster_manager",
+            "default_socket_interface", "certificate_provider_instances"],
+    },
+    "envoy.config.bootstrap.v3.Admin" => {
+        supported: ["address"],
+        ignored: ["access_log", "access_log_path", "profile_path", "socket_options",
+            "ignore_global_conn_limit"],
+    },
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => {
+        supported: ["listeners", "clusters"],
+        ignored: [],
+    },
+    "envoy.config.core.v3.Address" => { supported: ["socket_address", "pipe"], ignored: [] },
+    "envoy.config.core.v3.SocketAddress" => {
+        supported: ["address", "port_value", "protocol", "ipv4_compat"],
+        ignored: [],
+    },
+    "envoy.config.core.v3.Pipe" => { supported: ["path", "mode"], ignored: [] },
+    "envoy.config.core.v3.CidrRange" => { supported: ["address_prefix", "prefix_len"], ignored: [] },
+    "envoy.config.core.v3.BindConfig" => { supported: ["source_address", "freebind"], ignored: ["socket_options"] },
+    "envoy.config.core.v3.TypedExtensionConfig" => { supported: ["name", "typed_config"], ignored: [] },
+    "envoy.config.core.v3.HeaderValueOption" => {
+        supported: ["header", "append", "append_action", "keep_empty_value"],
+        ignored: [],
+    },
+    "envoy.config.core.v3.HeaderValue" => { supported: ["key", "value", "raw_value"], ignored: [] },
+    "envoy.config.core.v3.DataSource" => {
+        supported: ["inline_string", "inline_bytes", "filename"],
+        ignored: [],
+    },
+    "envoy.config.listener.v3.Listener" => {
+        supported: ["name", "address", "filter_chains", "default_filter_chain", "listener_filters",
+            "use_original_dst", "bind_to_port", "stat_prefix"],
+        ignored: ["traffic_direction", "per_connection_buffer_limit_bytes", "metadata",
+            "continue_on_listener_filters_timeout", "listener_filters_timeout", "drain_type",
+            "connection_balance_config", "reuse_port", "enable_reuse_port", "socket_options",
+            "tcp_backlog_size", "freebind", "tcp_fast_open_queue_length", "enable_mptcp",
+            "ignore_global_conn_limit", "max_connections_to_accept_per_socket_event"],
+    },
+    "envoy.config.listener.v3.FilterChain" => {
+        supported: ["filter_chain_match", "filters", "name"],
+        ignored: ["metadata", "transport_socket_connect_timeout"],
+    },
+    "envoy.config.listener.v3.FilterChainMatch" => {
+        supported: ["destination_port", "prefix_ranges", "server_names", "transport_protocol",
+            "application_protocols", "source_prefix_ranges", "source_ports", "source_type",
+            "direct_source_prefix_ranges"],
+        ignored: [],
+    },
+    "envoy.config.listener.v3.Filter" => { supported: ["name", "typed_config"], ignored: [] },
+    "envoy.config.listener.v3.ListenerFilter" => { supported: ["name", "typed_config"], ignored: [] },
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => {
+        supported: [],
+        ignored: ["traffic_direction"],
+    },
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => {
+        supported: [],
+        ignored: ["enable_ja3_fingerprinting", "enable_ja4_fingerprinting", "initial_read_buffer_size"],
+    },
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => { supported: [], ignored: [] },
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+        supported: ["codec_type", "stat_prefix", "route_config", "http_filters", "server_name",
+            "server_header_transformation", "access_log", "upgrade_configs", "generate_request_id",
+            "use_remote_address"],
+        ignored: ["common_http_protocol_options", "http_protocol_options", "http2_protocol_options",
+            "xff_num_trusted_hops", "stream_idle_timeout", "request_timeout", "drain_timeout",
+            "delayed_close_timeout", "normalize_path", "merge_slashes",
+            "path_with_escaped_slashes_action", "forward_client_cert_details",
+            "set_current_client_cert_details", "tracing", "internal_address_config",
+            "preserve_external_request_id", "add_user_agent", "max_request_headers_kb",
+            "stream_error_on_invalid_http_message", "request_headers_timeout",
+            "always_set_request_id_in_response", "local_reply_config", "access_log_options",
+            "skip_xff_append", "via", "strip_any_host_port", "strip_matching_host_port"],
+    },
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.UpgradeConfig" => {
+        supported: ["upgrade_type", "enabled"],
+        ignored: [],
+    },
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter" => {
+        supported: ["name", "typed_config", "is_optional"],
+        ignored: ["disabled"],
+    },
+    "envoy.extensions.filters.http.router.v3.Router" => {
+        supported: ["suppress_envoy_headers"],
+        ignored: ["dynamic_stats", "start_child_span", "upstream_log", "upstream_log_options",
+            "respect_expected_rq_timeout", "strict_check_headers", "suppress_grpc_request_failure_code_stats"],
+    },
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
+        supported: ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"],
+        ignored: ["max_connect_attempts", "hash_policy", "access_log_options", "max_downstream_connection_duration"],
+    },
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => {
+        supported: ["clusters"],
+        ignored: [],
+    },
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight" => {
+        supported: ["name", "weight"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteConfiguration" => {
+        supported: ["name", "virtual_hosts", "request_headers_to_add", "request_headers_to_remove",
+            "response_headers_to_add", "response_headers_to_remove"],
+        ignored: ["validate_clusters", "internal_only_headers", "most_specific_header_mutations_wins",
+            "max_direct_response_body_size_bytes", "ignore_port_in_host_matching"],
+    },
+    "envoy.config.route.v3.VirtualHost" => {
+        supported: ["name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
+            "response_headers_to_add", "response_headers_to_remove"],
+        ignored: ["include_request_attempt_count", "include_attempt_count_in_response", "metadata"],
+    },
+    "envoy.config.route.v3.Route" => {
+        supported: ["name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
+            "request_headers_to_remove", "response_headers_to_add", "response_headers_to_remove"],
+        ignored: ["metadata", "decorator", "tracing", "stat_prefix"],
+    },
+    "envoy.config.route.v3.RouteMatch" => {
+        supported: ["prefix", "path", "safe_regex", "path_separated_prefix", "headers",
+            "query_parameters", "case_sensitive", "grpc"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => { supported: [], ignored: [] },
+    "envoy.config.route.v3.HeaderMatcher" => {
+        supported: ["name", "exact_match", "safe_regex_match", "present_match", "prefix_match",
+            "suffix_match", "contains_match", "string_match", "invert_match",
+            "treat_missing_header_as_empty"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.QueryParameterMatcher" => {
+        supported: ["name", "string_match", "present_match"],
+        ignored: [],
+    },
+    "envoy.type.matcher.v3.StringMatcher" => {
+        supported: ["exact", "prefix", "suffix", "safe_regex", "contains", "ignore_case"],
+        ignored: [],
+    },
+    "envoy.type.matcher.v3.RegexMatcher" => { supported: ["regex"], ignored: ["google_re2"] },
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute" => { supported: ["pattern", "substitution"], ignored: [] },
+    "envoy.config.route.v3.RouteAction" => {
+        supported: ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
+            "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
+            "upgrade_configs", "cluster_not_found_response_code"],
+        ignored: ["hash_policy", "priority", "max_grpc_timeout", "grpc_timeout_offset",
+            "include_vh_rate_limits", "append_x_forwarded_host"],
+    },
+    "envoy.config.route.v3.RouteAction.UpgradeConfig" => { supported: ["upgrade_type", "enabled"], ignored: [] },
+    "envoy.config.route.v3.WeightedCluster" => {
+        supported: ["clusters", "total_weight", "header_name"],
+        ignored: ["runtime_key_prefix"],
+    },
+    "envoy.config.route.v3.WeightedCluster.ClusterWeight" => {
+        supported: ["name", "weight", "request_headers_to_add", "request_headers_to_remove",
+            "response_headers_to_add", "response_headers_to_remove", "host_rewrite_literal"],
+        ignored: ["metadata_match", "typed_per_filter_config"],
+    },
+    "envoy.config.route.v3.DirectResponseAction" => { supported: ["status", "body"], ignored: [] },
+    "envoy.config.route.v3.RedirectAction" => {
+        supported: ["https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
+            "path_redirect", "prefix_rewrite", "response_code", "strip_query"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.Cluster" => {
+        supported: ["name", "type", "connect_timeout", "load_assignment", "lb_policy",
+            "dns_lookup_family", "dns_refresh_rate", "typed_extension_protocol_options",
+            "http2_protocol_options", "upstream_bind_config", "original_dst_lb_config",
+            "alt_stat_name", "protocol_selection", "least_request_lb_config"],
+        ignored: ["respect_dns_ttl", "per_connection_buffer_limit_bytes", "cleanup_interval",
+            "metadata", "upstream_connection_options", "close_connections_on_host_health_failure",
+            "ignore_health_on_host_removal", "dns_resolvers", "use_tcp_for_dns_lookups",
+            "typed_dns_resolver_config", "track_cluster_stats", "wait_for_warm_on_init",
+            "round_robin_lb_config", "http_protocol_options", "common_http_protocol_options",
+            "dns_failure_refresh_rate", "dns_jitter", "track_timeout_budgets", "max_requests_per_connection"],
+    },
+    "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig" => {
+        supported: ["use_http_header", "http_header_name"],
+        ignored: ["upstream_port_override", "metadata_key"],
+    },
+    "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => {
+        supported: ["choice_count"],
+        ignored: [],
+    },
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
+        supported: ["explicit_http_config", "use_downstream_protocol_config"],
+        ignored: ["common_http_protocol_options", "upstream_http_protocol_options"],
+    },
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => {
+        supported: ["http_protocol_options", "http2_protocol_options"],
+        ignored: [],
+    },
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.UseDownstreamHttpConfig" => {
+        supported: ["http_protocol_options", "http2_protocol_options"],
+        ignored: [],
+    },
+    "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
+        supported: ["cluster_name", "endpoints"],
+        ignored: ["policy"],
+    },
+    "envoy.config.endpoint.v3.LocalityLbEndpoints" => {
+        supported: ["locality", "lb_endpoints", "priority"],
+        ignored: ["load_balancing_weight", "metadata"],
+    },
+    "envoy.config.endpoint.v3.LbEndpoint" => {
+        supported: ["endpoint", "health_status", "load_balancing_weight"],
+        ignored: ["metadata"],
+    },
+    "envoy.config.endpoint.v3.Endpoint" => {
+        supported: ["address"],
+        ignored: ["hostname", "health_check_config", "additional_addresses"],
+    },
+    "envoy.config.accesslog.v3.AccessLog" => { supported: ["name", "typed_config"], ignored: [] },
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {
+        supported: ["path", "format", "log_format"],
+        ignored: [],
+    },
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog" => { supported: ["log_format"], ignored: [] },
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog" => { supported: ["log_format"], ignored: [] },
+    "envoy.config.core.v3.SubstitutionFormatString" => {
+        supported: ["text_format", "text_format_source"],
+        ignored: ["omit_empty_values", "content_type"],
+    },
+};
+
+/// Returns the rule for a message type, if Petrel knows the type.
+pub fn rule(message: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.message == message)
+}
+
+/// Checks every set field of `msg` (and of the messages inside it, including `Any`s) against
+/// the table. `path` is the prefix for messages, e.g. `static_resources.clusters[0]`.
+pub fn check(msg: &DynamicMessage, path: &str) -> Report {
+    let mut report = Report::default();
+    walk(msg, path, &mut report);
+    report.warnings.dedup();
+    report
+}
+
+fn walk(msg: &DynamicMessage, path: &str, report: &mut Report) {
+    let desc = msg.descriptor();
+    let name = desc.full_name();
+    if name.starts_with("google.protobuf.") || OPAQUE.contains(&name) {
+        if name == "google.protobuf.Any" {
+            walk_any(msg, path, report);
+        }
+        return;
+    }
+    let Some(rule) = rule(name) else {
+        report
+            .rejections
+            .push(format!("{}: {name} is not supported", display(path)));
+        return;
+    };
+    for (field, value) in msg.fields() {
+        let field_path = join(path, field.name());
+        if rule.supported.contains(&field.name()) {
+            walk_value(value, &field_path, report);
+        } else if rule.ignored.contains(&field.name()) {
+            report
+                .warnings
+                .push(format!("{field_path}: ignored (has no effect in Petrel)"));
+        } else {
+            report.rejections.push(format!("{field_path}: not supported"));
+        }
+    }
+}
+
+fn walk_any(any: &DynamicMessage, path: &str, report: &mut Report) {
+    let type_url = any
+        .get_field_by_name("type_url")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let value = any
+        .get_field_by_name("value")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    let packed = envoy_types::pb::google::protobuf::Any {
+        type_url,
+        value: value.to_vec(),
+    };
+    match any_to_dynamic(&packed) {
+        Ok(inner) => walk(&inner, path, report),
+        Err(e) => report.rejections.push(format!("{}: {e}", display(path))),
+    }
+}
+
+fn walk_value(value: &Value, path: &str, report: &mut Report) {
+    match value {
+        Value::Message(m) => walk(m, path, report),
+        Value::List(items) => {
+            for (i, item) in items.iter().enumerate() {
+                walk_value(item, &format!("{path}[{i}]"), report);
+            }
+        }
+        Value::Map(entries) => {
+            for (key, item) in entries {
+                let key = match key {
+                    prost_reflect::MapKey::String(s) => s.clone(),
+                    other => format!("{other:?}"),
+                };
+                walk_value(item, &format!("{path}[{key:?}]"), report);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn display(path: &str) -> &str {
+    if path.is_empty() {
+        "(root)"
+    } else {
+        path
+    }
+}
