@@ -1,0 +1,271 @@
+//! An HTTP/1.1 + h2c echo upstream.
+//!
+//! Every response names the instance that served it (`x-upstream-name` header and the `upstream`
+//! field of the JSON body) and echoes what arrived: method, path, version, host and every header
+//! in arrival order, plus the request body. Request headers steer the response:
+//!
+//! | header | effect |
+//! |---|---|
+//! | `x-echo-status: 503` | respond with that status |
+//! | `x-echo-delay-ms: 2000` | wait that long before responding |
+//! | `x-echo-reset: 1` | no response: close the connection (h1) or reset the stream (h2) |
+//! | `x-echo-chunks: 4` | send the body in that many frames with no content-length (chunked on h1) |
+//! | `x-echo-response-header: name=value` | add a response header (repeatable) |
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::client::Body;
+
+/// Response header naming the instance that answered.
+pub const UPSTREAM_NAME_HEADER: &str = "x-upstream-name";
+
+/// A running echo upstream; stops when dropped.
+pub struct Upstream {
+    name: String,
+    addr: SocketAddr,
+    counters: Arc<Counters>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the echo server saw, as returned in its JSON body.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Echo {
+    /// Name of the instance that served the request.
+    pub upstream: String,
+    /// Request method.
+    pub method: String,
+    /// Path and query as received.
+    pub path: String,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
+    /// `Host` header, else the `:authority`.
+    pub host: Option<String>,
+    /// Headers in arrival order, names lower-case.
+    pub headers: Vec<(String, String)>,
+    /// Request body (lossy UTF-8).
+    pub body: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicUsize,
+    requests: AtomicUsize,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Starts an echo server named `name` on a fresh loopback port.
+    pub async fn start(name: &str) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let counters = Arc::new(Counters::default());
+        let name_owned: Arc<str> = name.into();
+        let task = tokio::spawn(accept_loop(listener, name_owned, counters.clone()));
+        tracing::debug!(%addr, name, "echo upstream listening");
+        Ok(Self {
+            name: name.to_owned(),
+            addr,
+            counters,
+            task,
+        })
+    }
+
+    /// Instance name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Listening port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Requests received so far (counted on arrival, before any delay).
+    pub fn requests(&self) -> usize {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, name: Arc<str>, counters: Arc<Counters>) {
+    // Connections live in the set, so aborting the accept loop closes them too.
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                counters.connections.fetch_add(1, Ordering::SeqCst);
+                let name = name.clone();
+                let counters = counters.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req| handle(req, name.clone(), counters.clone()));
+                    let res = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                    if let Err(e) = res {
+                        tracing::debug!(%e, "echo connection ended");
+                    }
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// The error returned to hyper to abort a response (`x-echo-reset`).
+#[derive(Debug)]
+struct Reset;
+
+impl std::fmt::Display for Reset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("reset requested by x-echo-reset")
+    }
+}
+
+impl std::error::Error for Reset {}
+
+async fn handle(
+    req: Request<Incoming>,
+    name: Arc<str>,
+    counters: Arc<Counters>,
+) -> Result<Response<Body>, Reset> {
+    counters.requests.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let h = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let status = h("x-echo-status")
+        .and_then(|s| s.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let delay = h("x-echo-delay-ms").and_then(|s| s.parse::<u64>().ok());
+    let reset = h("x-echo-reset").is_some();
+    let chunks = h("x-echo-chunks")
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(0);
+
+    // Read the request body before anything else, as a real server would.
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return Err(Reset),
+    };
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if reset {
+        return Err(Reset);
+    }
+
+    let echo = Echo {
+        upstream: name.to_string(),
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        version: format!("{:?}", parts.version),
+        host: h("host")
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string())),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let json = Bytes::from(serde_json::to_vec(&echo).expect("Echo serializes"));
+
+    let body: Body = if chunks > 0 {
+        let step = json.len().div_ceil(chunks).max(1);
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..json.len())
+            .step_by(step)
+            .map(|i| Ok(Frame::data(json.slice(i..(i + step).min(json.len())))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    } else {
+        crate::client::full(json)
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(UPSTREAM_NAME_HEADER, &*name)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .expect("valid response");
+    for v in parts.headers.get_all("x-echo-response-header") {
+        if let Some((k, v)) = v.to_str().ok().and_then(|s| s.split_once('=')) {
+            if let (Ok(k), Ok(v)) = (
+                HeaderName::from_bytes(k.trim().as_bytes()),
+                HeaderValue::from_str(v.trim()),
+            ) {
+                resp.headers_mut().append(k, v);
+            }
+        }
+    }
+    Ok(resp)
+}
+
+// === impl Echo ===
+
+impl Echo {
+    /// First value of a request header as the upstream saw it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a request header, in arrival order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Sorted, de-duplicated header names.
+    pub fn header_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.headers.iter().map(|(k, _)| k.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
