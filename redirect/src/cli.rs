@@ -146,13 +146,12 @@ pub struct RedirectArgs {
     #[arg(long = "redirect-dns")]
     pub redirect_dns: bool,
 
-    /// Capture DNS to any destination (the default when --dns-servers is empty; for istio
-    /// compatibility).
+    /// Capture DNS to any destination, not only to the resolvers of /etc/resolv.conf.
     #[arg(long = "capture-all-dns")]
     pub capture_all_dns: bool,
 
-    /// Capture only DNS queries to these resolvers (comma separated IPs). Use this when a local
-    /// caching resolver (e.g. 127.0.0.53) forwards upstream, so its own queries are not looped.
+    /// Capture only DNS queries to these resolvers (comma separated IPs) [default: the
+    /// nameservers of /etc/resolv.conf, or every destination if it lists none].
     #[arg(long = "dns-servers", default_value = "")]
     pub dns_servers: String,
 
@@ -183,6 +182,40 @@ pub struct RedirectArgs {
     pub state_file: Option<PathBuf>,
 }
 
+/// Facts about the host that some flags default to. Read once by [`run`]; tests pass them
+/// explicitly so that generated rules do not depend on the machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostDefaults {
+    /// Whether the host has IPv6 (default of `--ipv6`/`--no-ipv6`).
+    pub ipv6: bool,
+    /// `nameserver`s of `/etc/resolv.conf` (default of `--dns-servers`); empty means capture
+    /// DNS to any destination.
+    pub resolvers: Vec<IpAddr>,
+}
+
+// === impl HostDefaults ===
+
+impl HostDefaults {
+    /// Reads `/proc` and `/etc/resolv.conf`.
+    pub fn detect() -> Self {
+        Self {
+            ipv6: apply::ipv6_available(),
+            resolvers: std::fs::read_to_string("/etc/resolv.conf")
+                .map(|t| parse_resolv_conf(&t))
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// The `nameserver` addresses of a resolv.conf (IPv6 zone suffixes dropped).
+pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter_map(|a| a.split('%').next()?.parse().ok())
+        .collect()
+}
+
 // === impl RedirectArgs ===
 
 impl RedirectArgs {
@@ -195,9 +228,10 @@ impl RedirectArgs {
         }
     }
 
-    /// Validates the flags into a [`CaptureConfig`]; `ipv6_default` is used when neither
-    /// `--ipv6` nor `--no-ipv6` is given.
-    pub fn to_config(&self, ipv6_default: bool) -> Result<CaptureConfig, RedirectError> {
+    /// Validates the flags into a [`CaptureConfig`]; `host` supplies the defaults that depend on
+    /// the machine (IPv6 when neither `--ipv6` nor `--no-ipv6` is given, the resolvers whose
+    /// queries are captured when neither `--dns-servers` nor `--capture-all-dns` is given).
+    pub fn to_config(&self, host: &HostDefaults) -> Result<CaptureConfig, RedirectError> {
         let port = |flag, s: &str| -> Result<u16, RedirectError> {
             let p: PortSpec = parse_one(flag, s)?;
             if p.first != p.last {
@@ -312,13 +346,20 @@ impl RedirectArgs {
             ));
         }
         if self.redirect_dns || self.vm {
+            // Like istio: without an explicit choice only queries to the configured resolvers are
+            // captured, so a local caching resolver's own upstream queries are not looped back.
+            let servers = if !servers.is_empty() || self.capture_all_dns {
+                servers
+            } else {
+                host.resolvers.clone()
+            };
             cfg.dns = Some(DnsCapture {
                 port: dns_port,
                 servers,
             });
         }
         cfg.drop_invalid = self.drop_invalid;
-        cfg.ipv6 = self.ipv6_choice().unwrap_or(ipv6_default);
+        cfg.ipv6 = self.ipv6_choice().unwrap_or(host.ipv6);
 
         if self.vm {
             self.apply_vm(&mut cfg)?;
@@ -410,7 +451,7 @@ pub fn run(args: RedirectArgs) -> Result<(), RedirectError> {
         }
         return apply::cleanup(&opts);
     }
-    let cfg = args.to_config(args.ipv6_choice().unwrap_or_else(apply::ipv6_available))?;
+    let cfg = args.to_config(&HostDefaults::detect())?;
     if args.dry_run {
         // Detection needs no privileges, but must not fail a dry run on a machine without
         // iptables: both iptables variants print the same script.

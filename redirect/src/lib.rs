@@ -20,7 +20,7 @@ pub mod orig_dst;
 pub mod rules;
 
 pub use apply::{ApplyOptions, Backend, CaptureState};
-pub use cli::{run, RedirectArgs};
+pub use cli::{run, HostDefaults, RedirectArgs};
 pub use config::CaptureConfig;
 pub use error::RedirectError;
 pub use orig_dst::{original_dst, OrigDstAddr};
