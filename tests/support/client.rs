@@ -101,6 +101,17 @@ impl HttpClient {
         Ok(Self { proto, sender })
     }
 
+    /// Another handle on the same HTTP/2 connection, for concurrent streams; `None` on HTTP/1.1.
+    pub fn fork(&self) -> Option<HttpClient> {
+        match &self.sender {
+            Sender::H2(s) => Some(HttpClient {
+                proto: self.proto,
+                sender: Sender::H2(s.clone()),
+            }),
+            Sender::H1(_) => None,
+        }
+    }
+
     /// The protocol of this connection.
     pub fn proto(&self) -> Proto {
         self.proto

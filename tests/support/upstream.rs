@@ -269,3 +269,77 @@ impl Echo {
         names
     }
 }
+
+/// A minimal HTTP/1.1 upstream that records each request head byte-for-byte (header case and
+/// order as on the wire) and answers `200` with a fixed mixed-case header. For wire-transparency
+/// checks that hyper's normalising parser would hide.
+pub struct RawHttpUpstream {
+    addr: SocketAddr,
+    heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The response [`RawHttpUpstream`] sends.
+pub const RAW_UPSTREAM_RESPONSE: &str =
+    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Mixed-Case-Response: Yes\r\n\r\nok";
+
+// === impl RawHttpUpstream ===
+
+impl RawHttpUpstream {
+    /// Starts the server on a fresh loopback port.
+    pub async fn start() -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let heads2 = heads.clone();
+        let task = tokio::spawn(async move {
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut stream, _)) = accepted else { continue };
+                        let heads = heads2.clone();
+                        conns.spawn(async move {
+                            let mut buf = Vec::new();
+                            let mut chunk = [0u8; 4096];
+                            loop {
+                                // Requests through a proxy here have no body.
+                                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                                    buf.drain(..end + 4);
+                                    heads.lock().expect("not poisoned").push(head);
+                                    if stream.write_all(RAW_UPSTREAM_RESPONSE.as_bytes()).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                match stream.read(&mut chunk).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                                }
+                            }
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Ok(Self { addr, heads, task })
+    }
+
+    /// Listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Request heads received so far (request line and headers, CRLF-separated).
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().expect("not poisoned").clone()
+    }
+}
+
+impl Drop for RawHttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -196,3 +196,138 @@ async fn route_table_picks_same_upstream_http1() {
 async fn route_table_picks_same_upstream_h2c() {
     differential(|kind| route_table_scenario(kind, Proto::H2c)).await;
 }
+
+const ACTIONS: &str = r#"
+virtual_hosts:
+- name: actions
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/direct"}
+    direct_response: {status: 418, body: {inline_string: "short and stout"}}
+  - match: {prefix: "/direct-empty"}
+    direct_response: {status: 204}
+  - match: {prefix: "/redirect"}
+    redirect: {host_redirect: elsewhere.test, path_redirect: /moved, response_code: PERMANENT_REDIRECT}
+  - match: {prefix: "/old/"}
+    redirect: {scheme_redirect: https, prefix_rewrite: "/new/"}
+  - match: {prefix: "/by-header"}
+    route: {cluster_header: x-cluster}
+  - match: {prefix: "/split"}
+    route:
+      weighted_clusters:
+        header_name: x-split
+        clusters: [{name: a, weight: 30}, {name: b, weight: 70}]
+  - match: {prefix: "/zero"}
+    route:
+      weighted_clusters:
+        clusters: [{name: a, weight: 0}, {name: c, weight: 5}]
+"#;
+
+#[rustfmt::skip]
+const ACTION_CASES: &[Case] = &[
+    Case { host: "act.test", path: "/direct", headers: &[], status: 418, upstream: None },
+    Case { host: "act.test", path: "/redirect/x?y=1", headers: &[], status: 308, upstream: None },
+    Case { host: "act.test", path: "/old/page?q=1", headers: &[], status: 301, upstream: None },
+    Case { host: "act.test", path: "/by-header", headers: &[("x-cluster", "b")], status: 200, upstream: Some("b") },
+    Case { host: "act.test", path: "/by-header", headers: &[("x-cluster", "c")], status: 200, upstream: Some("c") },
+    // Unknown or missing cluster: 503 (NC).
+    Case { host: "act.test", path: "/by-header", headers: &[("x-cluster", "nope")], status: 503, upstream: None },
+    Case { host: "act.test", path: "/by-header", headers: &[], status: 503, upstream: None },
+    // header_name: value % total_weight (100) picks by cumulative weight: [0,30) → a, [30,100) → b.
+    Case { host: "act.test", path: "/split", headers: &[("x-split", "0")], status: 200, upstream: Some("a") },
+    Case { host: "act.test", path: "/split", headers: &[("x-split", "29")], status: 200, upstream: Some("a") },
+    Case { host: "act.test", path: "/split", headers: &[("x-split", "30")], status: 200, upstream: Some("b") },
+    Case { host: "act.test", path: "/split", headers: &[("x-split", "99")], status: 200, upstream: Some("b") },
+    Case { host: "act.test", path: "/split", headers: &[("x-split", "129")], status: 200, upstream: Some("a") },
+    Case { host: "act.test", path: "/split", headers: &[("x-split", "130")], status: 200, upstream: Some("b") },
+    // Zero weight is never picked.
+    Case { host: "act.test", path: "/zero", headers: &[], status: 200, upstream: Some("c") },
+    Case { host: "act.test", path: "/zero", headers: &[], status: 200, upstream: Some("c") },
+    Case { host: "act.test", path: "/zero", headers: &[], status: 200, upstream: Some("c") },
+    Case { host: "act.test", path: "/zero", headers: &[], status: 200, upstream: Some("c") },
+];
+
+async fn route_actions_scenario(kind: ProxyKind, proto: Proto) -> anyhow::Result<Observations> {
+    let (a, b, c) = (
+        Upstream::start("a").await?,
+        Upstream::start("b").await?,
+        Upstream::start("c").await?,
+    );
+    let yaml = http_bootstrap(
+        ACTIONS,
+        &[
+            cluster("a", &[a.addr()]),
+            cluster("b", &[b.addr()]),
+            cluster("c", &[c.addr()]),
+        ],
+    );
+    let proxy = Proxy::start(kind, &yaml, &[]).await?;
+    let mut obs = Observations::new(kind);
+    let mut client = HttpClient::connect(proxy.addr("http"), proto).await?;
+    for (i, case) in ACTION_CASES.iter().enumerate() {
+        let reply = client.get_with(case.host, case.path, case.headers).await?;
+        let what = format!(
+            "#{i} {proto:?} {} {} {:?}",
+            case.host, case.path, case.headers
+        );
+        info!(%kind, %what, status = %reply.status, upstream = ?reply.upstream(), location = ?reply.header("location"));
+        anyhow::ensure!(
+            reply.status.as_u16() == case.status,
+            "{kind}: {what}: status {} (want {}), body {:?}",
+            reply.status,
+            case.status,
+            reply.text()
+        );
+        anyhow::ensure!(
+            reply.upstream() == case.upstream,
+            "{kind}: {what}: served by {:?} (want {:?})",
+            reply.upstream(),
+            case.upstream
+        );
+        let synthetic = case.upstream.is_none().then(|| {
+            (
+                reply.text(),
+                reply.header("location").map(str::to_owned),
+                reply.header("content-type").map(str::to_owned),
+            )
+        });
+        obs.record(
+            what,
+            (
+                reply.status.as_u16(),
+                reply.upstream().map(str::to_owned),
+                synthetic,
+            ),
+        );
+    }
+    let direct = client.get("act.test", "/direct").await?;
+    anyhow::ensure!(
+        direct.text() == "short and stout",
+        "{kind}: body {:?}",
+        direct.text()
+    );
+    let moved = client.get("act.test", "/redirect/x?y=1").await?;
+    // path_redirect keeps the query unless strip_query is set.
+    anyhow::ensure!(
+        moved.header("location") == Some("http://elsewhere.test/moved?y=1"),
+        "{kind}: location {:?}",
+        moved.header("location")
+    );
+    let old = client.get("act.test", "/old/page?q=1").await?;
+    anyhow::ensure!(
+        old.header("location") == Some("https://act.test/new/page?q=1"),
+        "{kind}: location {:?}",
+        old.header("location")
+    );
+    Ok(obs)
+}
+
+#[tokio::test]
+async fn route_actions_match_envoy_http1() {
+    differential(|kind| route_actions_scenario(kind, Proto::Http1)).await;
+}
+
+#[tokio::test]
+async fn route_actions_match_envoy_h2c() {
+    differential(|kind| route_actions_scenario(kind, Proto::H2c)).await;
+}
