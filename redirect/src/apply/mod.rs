@@ -250,7 +250,7 @@ pub fn apply(cfg: &CaptureConfig, opts: &ApplyOptions) -> Result<CaptureState, R
             let installed = rules::parse_save(&exec::run(&save, &[], None)?);
             let script = IptablesRules::build(cfg, family).restore_script(&installed);
             debug!(?family, %script, "iptables-restore");
-            exec::run(&restore, &["--noflush"], Some(&script))?;
+            exec::run(&restore, &["--noflush", "--wait=10"], Some(&script))?;
         }
     }
     let mut host_steps = Vec::new();
@@ -436,7 +436,7 @@ fn remove_rules(backend: Backend, families: &[Family]) -> Result<(), RedirectErr
         }
         let script = rules::iptables::cleanup_script(&installed);
         debug!(?family, %script, "iptables-restore (cleanup)");
-        exec::run(&restore, &["--noflush"], Some(&script))?;
+        exec::run(&restore, &["--noflush", "--wait=10"], Some(&script))?;
     }
     Ok(())
 }

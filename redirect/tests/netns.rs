@@ -1,0 +1,674 @@
+//! Privileged tests in real network namespaces (root or CAP_SYS_ADMIN + CAP_NET_ADMIN).
+//!
+//! Each test creates its own namespaces (`ip netns add`) and deletes them when done; traffic
+//! only flows over loopback and a veth pair between two namespaces the test made. Where the
+//! privileges or tools are missing the test prints why and passes without checking anything.
+//!
+//! A namespace cannot be entered by a thread without `unsafe` `setns`, so work inside one runs
+//! in a child process: `ip netns exec NS <this test binary> netns_child --ignored`, with the
+//! role in `PETREL_NETNS_ROLE` (apply the rules through `redirect::run`, or accept connections
+//! and print their `redirect::original_dst`).
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use redirect::{original_dst, RedirectArgs};
+use socket2::{Domain, Socket, Type};
+use tracing::info;
+
+const ROLE: &str = "PETREL_NETNS_ROLE";
+const ARGS: &str = "PETREL_NETNS_ARGS";
+const LISTEN: &str = "PETREL_NETNS_LISTEN";
+const EXPECT: &str = "PETREL_NETNS_EXPECT";
+
+/// The tests share the xtables lock and two cores: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+// === child side ===
+
+/// Runs inside a namespace for the tests below; does nothing when run directly.
+#[test]
+#[ignore = "helper run by the privileged tests inside a network namespace"]
+fn netns_child() {
+    match std::env::var(ROLE).as_deref() {
+        Ok("redirect") => {
+            let args = std::env::var(ARGS).unwrap_or_default();
+            let argv = std::iter::once("petrel-redirect")
+                .chain(args.split('\x1f').filter(|a| !a.is_empty()));
+            let args = RedirectArgs::try_parse_from(argv).expect("valid flags");
+            if let Err(e) = redirect::run(args) {
+                println!("REDIRECT_ERROR {e}");
+                panic!("redirect failed: {e}");
+            }
+            println!("REDIRECT_OK");
+        }
+        Ok("serve") => serve(),
+        _ => {}
+    }
+}
+
+/// Listens on every address of `PETREL_NETNS_LISTEN`, prints `LISTENING`, then for each of
+/// `PETREL_NETNS_EXPECT` connections prints `ACCEPT <listener> <original dst or none>`.
+fn serve() {
+    let listeners: Vec<TcpListener> = std::env::var(LISTEN)
+        .unwrap_or_default()
+        .split(',')
+        .map(|a| {
+            let addr: SocketAddr = a.parse().expect("listen address");
+            let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+            if addr.is_ipv6() {
+                // Separate v4 and v6 listeners on the same port.
+                sock.set_only_v6(true).expect("IPV6_V6ONLY");
+            }
+            sock.set_reuse_address(true).expect("SO_REUSEADDR");
+            sock.bind(&addr.into()).expect("bind");
+            sock.listen(16).expect("listen");
+            sock.set_nonblocking(true).expect("nonblocking");
+            TcpListener::from(sock)
+        })
+        .collect();
+    let expect: usize = std::env::var(EXPECT)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    println!("LISTENING");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut accepted = 0;
+    while accepted < expect && Instant::now() < deadline {
+        for l in &listeners {
+            if let Ok((stream, _)) = l.accept() {
+                let local = l.local_addr().expect("local addr");
+                let orig = original_dst(&stream)
+                    .map(|o| o.0.to_string())
+                    .unwrap_or_else(|_| "none".into());
+                println!("ACCEPT {local} {orig}");
+                accepted += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!("SERVE_DONE {accepted}");
+}
+
+// === parent side ===
+
+/// A network namespace owned by a test, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Self {
+        let name = format!("petrel-{}-{tag}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Self(name);
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; panics on failure.
+    fn exec(&self, cmd: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(cmd);
+        sh(&full)
+    }
+
+    fn try_exec(&self, cmd: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .output()
+            .expect("spawn ip netns exec")
+    }
+
+    /// Runs `petrel redirect FLAGS` inside the namespace.
+    fn redirect(&self, flags: &[&str]) {
+        let out = self
+            .child("redirect")
+            .env(ARGS, flags.join("\x1f"))
+            .output()
+            .expect("spawn child");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("REDIRECT_OK"),
+            "petrel redirect {flags:?} failed in {}:\n{stdout}\n{}",
+            self.0,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn child(&self, role: &str) -> Command {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0])
+            .arg(exe)
+            .args([
+                "netns_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(ROLE, role);
+        cmd
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn sh(cmd: &[&str]) -> String {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn has(bin: &str) -> bool {
+    Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {bin} || test -x /usr/sbin/{bin}"),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `None` if the tests can run; otherwise the reason to skip.
+fn skip_reason(tools: &[&str]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let caps = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_NET_ADMIN (12) for the rules, CAP_SYS_ADMIN (21) for `ip netns add`.
+    if caps & (1 << 12) == 0 || caps & (1 << 21) == 0 {
+        return Some(
+            "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces".into(),
+        );
+    }
+    for t in ["ip", "setpriv", "timeout", "bash"].iter().chain(tools) {
+        if !has(t) {
+            return Some(format!("`{t}` is not installed"));
+        }
+    }
+    let probe = format!("petrel-probe-{}", std::process::id());
+    if !Command::new("ip")
+        .args(["netns", "add", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("`ip netns add` failed (no namespace support in this sandbox)".into());
+    }
+    let _ = Command::new("ip").args(["netns", "del", &probe]).status();
+    None
+}
+
+macro_rules! require {
+    ($($tool:expr),*) => {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        if let Some(reason) = skip_reason(&[$($tool),*]) {
+            eprintln!("SKIPPED: {reason}");
+            return;
+        }
+    };
+}
+
+/// `iptables-save` of both families, without comments and counters.
+fn saved(ns: &Netns, variant: &str) -> String {
+    let mut out = String::new();
+    for base in ["iptables", "ip6tables"] {
+        let text = ns.exec(&[&format!("{base}-{variant}-save")]);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let line = match line.find(" [") {
+                Some(i) if line.starts_with(':') => &line[..i],
+                _ => line,
+            };
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// Rules that are not ours, present before Petrel runs: they must survive untouched.
+fn add_foreign_rules(ns: &Netns, variant: &str) {
+    for base in ["iptables", "ip6tables"] {
+        let bin = format!("{base}-{variant}");
+        ns.exec(&[
+            &bin, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9999", "-j", "RETURN",
+        ]);
+        ns.exec(&[
+            &bin,
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "tcp",
+            "--dport",
+            "9998",
+            "-j",
+            "ACCEPT",
+        ]);
+        ns.exec(&[
+            &bin,
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "--dport",
+            "9997",
+            "-j",
+            "RETURN",
+        ]);
+        ns.exec(&[
+            &bin, "-t", "mangle", "-A", "OUTPUT", "-p", "udp", "--dport", "9997", "-j", "RETURN",
+        ]);
+        ns.exec(&[
+            &bin, "-t", "raw", "-A", "OUTPUT", "-p", "udp", "--dport", "9996", "-j", "RETURN",
+        ]);
+        ns.exec(&[
+            &bin,
+            "-t",
+            "raw",
+            "-A",
+            "PREROUTING",
+            "-p",
+            "udp",
+            "--dport",
+            "9996",
+            "-j",
+            "RETURN",
+        ]);
+        ns.exec(&[&bin, "-t", "nat", "-N", "FOREIGN"]);
+    }
+}
+
+fn iptables_lifecycle(variant: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new(&format!("ipt-{variant}"));
+    add_foreign_rules(&ns, variant);
+    let before = saved(&ns, variant);
+    let rules_before = ns.exec(&["ip", "rule"]) + &ns.exec(&["ip", "-6", "rule"]);
+    let state = std::env::temp_dir().join(format!("{}.state", ns.0));
+    let state_s = state.display().to_string();
+    let backend = format!("iptables-{variant}");
+    let flags = [
+        "-b",
+        "*",
+        "-i",
+        "*",
+        "-d",
+        "15090",
+        "-x",
+        "10.0.0.0/8",
+        "--redirect-dns",
+        "--capture-all-dns",
+        "--drop-invalid",
+        "--ipv6",
+        "--backend",
+        &backend,
+        "--state-file",
+        &state_s,
+    ];
+
+    info!(ns = %ns.0, "apply");
+    ns.redirect(&flags);
+    let first = saved(&ns, variant);
+    for needle in [
+        ":ISTIO_INBOUND",
+        ":ISTIO_IN_REDIRECT",
+        ":ISTIO_OUTPUT",
+        ":ISTIO_REDIRECT",
+        ":ISTIO_OUTPUT_DNS",
+        "-j ISTIO_IN_REDIRECT",
+        "--to-ports 15001",
+        "--to-ports 15006",
+        "127.0.0.6/32",
+        "::6/128",
+    ] {
+        assert!(
+            first.contains(needle),
+            "{needle} missing after apply:\n{first}"
+        );
+    }
+    // Our jump precedes the foreign rule that was there first (inserted, not appended).
+    let pos = |s: &str| {
+        first
+            .find(s)
+            .unwrap_or_else(|| panic!("{s} missing:\n{first}"))
+    };
+    assert!(
+        pos("-A OUTPUT -m comment --comment petrel -j ISTIO_OUTPUT")
+            < pos("--dport 9999 -j RETURN")
+    );
+    assert!(
+        pos("-A PREROUTING -p tcp -m comment --comment petrel -j ISTIO_INBOUND")
+            < pos("--dport 9998 -j ACCEPT")
+    );
+    assert!(
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains(&format!("backend={backend}")))
+    );
+
+    info!("apply again: same rule set");
+    ns.redirect(&flags);
+    assert_eq!(
+        saved(&ns, variant),
+        first,
+        "second apply changed the rule set"
+    );
+
+    info!("switch to TPROXY: the old rules are replaced, not added to");
+    ns.redirect(&[
+        "-m",
+        "TPROXY",
+        "-b",
+        "8080",
+        "-i",
+        "10.0.0.0/8",
+        "--ipv6",
+        "--backend",
+        &backend,
+        "--state-file",
+        &state_s,
+    ]);
+    let tproxy = saved(&ns, variant);
+    assert!(
+        tproxy.contains(":ISTIO_TPROXY") && tproxy.contains(":ISTIO_DIVERT"),
+        "{tproxy}"
+    );
+    assert!(
+        !tproxy.contains("ISTIO_OUTPUT_DNS") && !tproxy.contains("ISTIO_DROP"),
+        "stale chains left:\n{tproxy}"
+    );
+    assert_eq!(
+        tproxy.matches("-j ISTIO_OUTPUT").count(),
+        4,
+        "one nat + one mangle jump per family:\n{tproxy}"
+    );
+    assert!(ns.exec(&["ip", "rule"]).contains("fwmark 0x539 lookup 133"));
+
+    info!("cleanup: exactly the rule set from before");
+    ns.redirect(&["--cleanup", "--state-file", &state_s]);
+    assert_eq!(
+        saved(&ns, variant),
+        before,
+        "cleanup did not restore the rule set"
+    );
+    assert_eq!(
+        ns.exec(&["ip", "rule"]) + &ns.exec(&["ip", "-6", "rule"]),
+        rules_before
+    );
+    assert!(!ns
+        .exec(&["ip", "-6", "addr", "show", "dev", "lo"])
+        .contains("::6/128"));
+    assert!(!state.exists(), "state file left behind");
+
+    info!("cleanup with nothing installed is a no-op");
+    ns.redirect(&["--cleanup", "--backend", &backend]);
+    assert_eq!(saved(&ns, variant), before);
+}
+
+#[test]
+fn iptables_legacy_apply_is_idempotent_and_cleanup_is_exact() {
+    require!("iptables-legacy-restore", "ip6tables-legacy-restore");
+    iptables_lifecycle("legacy");
+}
+
+#[test]
+fn iptables_nft_apply_is_idempotent_and_cleanup_is_exact() {
+    require!("iptables-nft-restore", "ip6tables-nft-restore");
+    iptables_lifecycle("nft");
+}
+
+#[test]
+fn nft_apply_is_idempotent_and_cleanup_is_exact() {
+    require!("nft");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("nft");
+    ns.exec(&["nft", "add table inet foreign; add chain inet foreign out { type filter hook output priority 0; }; add rule inet foreign out tcp dport 9999 accept"]);
+    let before = ns.exec(&["nft", "list", "ruleset"]);
+    let flags = [
+        "-b",
+        "*",
+        "-i",
+        "*",
+        "--redirect-dns",
+        "--ipv6",
+        "--drop-invalid",
+        "--backend",
+        "nft",
+    ];
+    ns.redirect(&flags);
+    let first = ns.exec(&["nft", "list", "ruleset"]);
+    for needle in [
+        "table inet petrel_nat",
+        "chain ISTIO_OUTPUT",
+        "chain ISTIO_IN_REDIRECT",
+        "redirect to :15001",
+        "table inet petrel_raw",
+        "table inet foreign",
+    ] {
+        assert!(first.contains(needle), "{needle} missing:\n{first}");
+    }
+    ns.redirect(&flags);
+    assert_eq!(
+        ns.exec(&["nft", "list", "ruleset"]),
+        first,
+        "second apply changed the rule set"
+    );
+    ns.redirect(&[
+        "-m",
+        "TPROXY",
+        "-b",
+        "8080",
+        "--no-ipv6",
+        "--backend",
+        "nft",
+    ]);
+    let tproxy = ns.exec(&["nft", "list", "ruleset"]);
+    assert!(
+        tproxy.contains("chain ISTIO_TPROXY") && !tproxy.contains("petrel_raw"),
+        "{tproxy}"
+    );
+    ns.redirect(&["--cleanup", "--backend", "nft"]);
+    assert_eq!(
+        ns.exec(&["nft", "list", "ruleset"]),
+        before,
+        "cleanup did not restore the rule set"
+    );
+}
+
+/// Two namespaces joined by a veth pair: `app` (10.77.0.1, fd77::1) where the rules and the
+/// proxy's listeners are, and `peer` (10.77.0.2, fd77::2).
+fn topology(tag: &str) -> (Netns, Netns) {
+    let app = Netns::new(&format!("{tag}-app"));
+    let peer = Netns::new(&format!("{tag}-peer"));
+    app.exec(&[
+        "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &peer.0,
+    ]);
+    for (ns, dev, v4, v6) in [
+        (&app, "va", "10.77.0.1/24", "fd77::1/64"),
+        (&peer, "vb", "10.77.0.2/24", "fd77::2/64"),
+    ] {
+        ns.exec(&["ip", "addr", "add", v4, "dev", dev]);
+        ns.exec(&["ip", "-6", "addr", "add", v6, "dev", dev, "nodad"]);
+        ns.exec(&["ip", "link", "set", dev, "up"]);
+    }
+    (app, peer)
+}
+
+/// Starts `serve` in `ns`, returns once it listens; `finish` collects its `ACCEPT` lines.
+struct Server {
+    child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Server {
+    fn start(ns: &Netns, listen: &str, expect: usize) -> Self {
+        let mut child = ns
+            .child("serve")
+            .env(LISTEN, listen)
+            .env(EXPECT, expect.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let listening = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.ends_with("LISTENING"));
+        assert!(
+            listening,
+            "server in {} did not start listening on {listen}",
+            ns.0
+        );
+        Self { child, lines }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        let accepted: Vec<String> = self
+            .lines
+            .by_ref()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("ACCEPT "))
+            .collect();
+        let _ = self.child.wait();
+        accepted
+    }
+}
+
+/// Connects from `ns` (optionally as `uid`) to `addr` with bash's /dev/tcp, bounded by 5s.
+fn connect(ns: &Netns, host: &str, port: u16, uid: Option<u32>) -> bool {
+    let script = format!("exec 3<>/dev/tcp/{host}/{port} && echo hi >&3");
+    let uid_s = uid.map(|u| u.to_string()).unwrap_or_default();
+    let mut cmd: Vec<&str> = Vec::new();
+    if uid.is_some() {
+        cmd.extend([
+            "setpriv",
+            "--reuid",
+            &uid_s,
+            "--regid",
+            &uid_s,
+            "--clear-groups",
+        ]);
+    }
+    cmd.extend(["timeout", "5", "bash", "-c", &script]);
+    ns.try_exec(&cmd).status.success()
+}
+
+fn redirect_end_to_end(backend: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (app, peer) = topology(&format!("e2e-{backend}"));
+    // Inbound: app port 8080 captured to 15006. Outbound: 10.77.0.0/24 and fd77::/64 captured to
+    // 15001, except for the proxy's UID 1337.
+    app.redirect(&[
+        "-b",
+        "8080",
+        "-i",
+        "10.77.0.0/24,fd77::/64",
+        "-u",
+        "1337",
+        "--ipv6",
+        "--backend",
+        backend,
+    ]);
+
+    info!("inbound: peer → app:8080 lands on the inbound capture port with the app address");
+    let server = Server::start(&app, "0.0.0.0:15006,[::]:15006", 2);
+    assert!(
+        connect(&peer, "10.77.0.1", 8080, None),
+        "v4 inbound connect failed"
+    );
+    assert!(
+        connect(&peer, "fd77::1", 8080, None),
+        "v6 inbound connect failed"
+    );
+    let got = server.finish();
+    assert_eq!(
+        got,
+        [
+            "ACCEPT 0.0.0.0:15006 10.77.0.1:8080",
+            "ACCEPT [::]:15006 [fd77::1]:8080"
+        ],
+        "{backend}"
+    );
+
+    info!("outbound: app → peer:9090 lands on the outbound capture port with the peer address");
+    let server = Server::start(&app, "0.0.0.0:15001,[::]:15001", 2);
+    assert!(
+        connect(&app, "10.77.0.2", 9090, None),
+        "v4 outbound connect failed"
+    );
+    assert!(
+        connect(&app, "fd77::2", 9090, None),
+        "v6 outbound connect failed"
+    );
+    let got = server.finish();
+    assert_eq!(
+        got,
+        [
+            "ACCEPT 0.0.0.0:15001 10.77.0.2:9090",
+            "ACCEPT [::]:15001 [fd77::2]:9090"
+        ],
+        "{backend}"
+    );
+
+    info!("loop safety: the proxy's own UID reaches the peer directly");
+    let direct = Server::start(&peer, "0.0.0.0:9090,[::]:9090", 2);
+    assert!(
+        connect(&app, "10.77.0.2", 9090, Some(1337)),
+        "proxy UID v4 connect failed"
+    );
+    assert!(
+        connect(&app, "fd77::2", 9090, Some(1337)),
+        "proxy UID v6 connect failed"
+    );
+    let got = direct.finish();
+    assert_eq!(got.len(), 2, "proxy traffic was captured: {got:?}");
+    assert!(got
+        .iter()
+        .all(|l| l.starts_with("ACCEPT 0.0.0.0:9090") || l.starts_with("ACCEPT [::]:9090")));
+
+    info!("ports that are not captured reach the app's own listener");
+    let other = Server::start(&app, "0.0.0.0:7070", 1);
+    assert!(connect(&peer, "10.77.0.1", 7070, None));
+    assert_eq!(other.finish().len(), 1);
+
+    app.redirect(&["--cleanup", "--backend", backend]);
+}
+
+#[test]
+fn redirect_end_to_end_iptables_legacy() {
+    require!("iptables-legacy-restore", "ip6tables-legacy-restore");
+    redirect_end_to_end("iptables-legacy");
+}
+
+#[test]
+fn redirect_end_to_end_iptables_nft() {
+    require!("iptables-nft-restore", "ip6tables-nft-restore");
+    redirect_end_to_end("iptables-nft");
+}
+
+#[test]
+fn redirect_end_to_end_nft() {
+    require!("nft");
+    redirect_end_to_end("nft");
+}
