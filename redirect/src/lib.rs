@@ -19,7 +19,7 @@ pub mod error;
 pub mod orig_dst;
 pub mod rules;
 
-pub use apply::{ApplyOptions, Backend, CaptureState};
+pub use apply::{ApplyOptions, Backend, CaptureGuard, CaptureState};
 pub use cli::{run, HostDefaults, RedirectArgs};
 pub use config::CaptureConfig;
 pub use error::RedirectError;

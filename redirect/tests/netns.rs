@@ -45,6 +45,28 @@ fn netns_child() {
             }
             println!("REDIRECT_OK");
         }
+        Ok("guard") => {
+            // `petrel run --capture`: install, then either exit normally (the guard removes the
+            // rules) or "crash" (forget the guard: the rules and the state file stay).
+            let args = std::env::var(ARGS).unwrap_or_default();
+            let argv = std::iter::once("petrel-redirect")
+                .chain(args.split('\x1f').filter(|a| !a.is_empty()));
+            let args = RedirectArgs::try_parse_from(argv).expect("valid flags");
+            let cfg = args
+                .to_config(&redirect::HostDefaults::detect())
+                .expect("valid config");
+            let opts = redirect::ApplyOptions {
+                backend: args.backend,
+                state_file: args.state_file.clone(),
+            };
+            let guard = redirect::CaptureGuard::install(&cfg, opts).expect("install");
+            if std::env::var_os("PETREL_NETNS_CRASH").is_some() {
+                std::mem::forget(guard);
+            } else {
+                drop(guard);
+            }
+            println!("REDIRECT_OK");
+        }
         Ok("serve") => serve(),
         _ => {}
     }
@@ -114,6 +136,15 @@ impl Netns {
         sh(&full)
     }
 
+    fn try_exec_env(&self, cmd: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(cmd)
+            .envs(env.iter().copied())
+            .output()
+            .expect("spawn ip netns exec")
+    }
+
     fn try_exec(&self, cmd: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.0])
@@ -124,8 +155,11 @@ impl Netns {
 
     /// Runs `petrel redirect FLAGS` inside the namespace.
     fn redirect(&self, flags: &[&str]) {
-        let out = self
-            .child("redirect")
+        self.run_role(self.child("redirect"), flags);
+    }
+
+    fn run_role(&self, mut child: Command, flags: &[&str]) {
+        let out = child
             .env(ARGS, flags.join("\x1f"))
             .output()
             .expect("spawn child");
@@ -671,4 +705,127 @@ fn redirect_end_to_end_iptables_nft() {
 fn redirect_end_to_end_nft() {
     require!("nft");
     redirect_end_to_end("nft");
+}
+
+#[test]
+fn iptables_nft_cleanup_in_a_fresh_namespace_removes_the_tables_too() {
+    require!("iptables-nft-restore", "ip6tables-nft-restore", "nft");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("fresh");
+    let before = ns.exec(&["nft", "list", "ruleset"]);
+    let state = std::env::temp_dir().join(format!("{}.state", ns.0));
+    let state_s = state.display().to_string();
+    let flags = [
+        "-m",
+        "TPROXY",
+        "-b",
+        "*",
+        "-i",
+        "*",
+        "--redirect-dns",
+        "--ipv6",
+        "--backend",
+        "iptables-nft",
+        "--state-file",
+        &state_s,
+    ];
+    ns.redirect(&flags);
+    ns.redirect(&flags);
+    assert!(ns.exec(&["nft", "list", "tables"]).contains("table ip nat"));
+    ns.redirect(&["--cleanup", "--state-file", &state_s]);
+    assert_eq!(
+        ns.exec(&["nft", "list", "ruleset"]),
+        before,
+        "tables Petrel created were left behind"
+    );
+}
+
+#[test]
+fn capture_guard_recovers_after_a_crash() {
+    require!("iptables-legacy-restore", "ip6tables-legacy-restore");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("guard");
+    add_foreign_rules(&ns, "legacy");
+    let before = saved(&ns, "legacy");
+    let state = std::env::temp_dir().join(format!("{}.state", ns.0));
+    let state_s = state.display().to_string();
+    let flags = [
+        "-b",
+        "8080",
+        "-i",
+        "*",
+        "--ipv6",
+        "--backend",
+        "iptables-legacy",
+        "--state-file",
+        &state_s,
+    ];
+
+    info!("a proxy installs capture and crashes");
+    let mut crashing = ns.child("guard");
+    crashing.env("PETREL_NETNS_CRASH", "1");
+    ns.run_role(crashing, &flags);
+    assert!(saved(&ns, "legacy").contains(":ISTIO_OUTPUT"));
+    assert!(state.exists(), "state file missing after install");
+
+    info!("with other flags, the next start removes the old rules first, and its own at exit");
+    let other = [
+        "-b",
+        "9090",
+        "--no-ipv6",
+        "--backend",
+        "iptables-legacy",
+        "--state-file",
+        &state_s,
+    ];
+    ns.run_role(ns.child("guard"), &other);
+    assert_eq!(
+        saved(&ns, "legacy"),
+        before,
+        "rules left after a normal exit"
+    );
+    assert!(!ns
+        .exec(&["ip", "-6", "addr", "show", "dev", "lo"])
+        .contains("::6/128"));
+    assert!(!state.exists(), "state file left after a normal exit");
+}
+
+#[test]
+fn missing_privileges_are_reported() {
+    require!("iptables-legacy-restore");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("unpriv");
+    let exe = std::env::current_exe().expect("test binary path");
+    let exe = exe.display().to_string();
+    let out = ns.try_exec_env(
+        &[
+            "setpriv",
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            &exe,
+            "netns_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ],
+        &[
+            (ROLE, "redirect"),
+            (
+                ARGS,
+                "-b\x1f8080\x1f--no-ipv6\x1f--backend\x1fiptables-legacy",
+            ),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("REDIRECT_ERROR missing privileges"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CAP_NET_ADMIN"), "{stdout}");
 }

@@ -18,8 +18,10 @@ use crate::error::RedirectError;
 use crate::rules::{self, nft, Family, HostStep, IptablesRules};
 
 mod exec;
+mod guard;
 mod state;
 
+pub use guard::CaptureGuard;
 pub use state::CaptureState;
 
 /// Which tool holds the rules.
@@ -240,6 +242,11 @@ pub fn apply(cfg: &CaptureConfig, opts: &ApplyOptions) -> Result<CaptureState, R
         remove_rules(prev.backend, &prev.families)?;
     }
     let families = Family::enabled(cfg).to_vec();
+    let mut created_tables: Vec<(Family, String)> = previous
+        .as_ref()
+        .filter(|p| p.backend == backend)
+        .map(|p| p.created_tables.clone())
+        .unwrap_or_default();
     if backend == Backend::Nft {
         let nft = backend.binary("nft")?;
         exec::run(&nft, &["-f", "-"], Some(&nft::script(cfg)))?;
@@ -247,8 +254,20 @@ pub fn apply(cfg: &CaptureConfig, opts: &ApplyOptions) -> Result<CaptureState, R
         for &family in &families {
             let (save, restore) = backend.iptables_tools(family);
             let (save, restore) = (backend.binary(&save)?, backend.binary(&restore)?);
-            let installed = rules::parse_save(&exec::run(&save, &[], None)?);
-            let script = IptablesRules::build(cfg, family).restore_script(&installed);
+            let saved = exec::run(&save, &[], None)?;
+            let installed = rules::parse_save(&saved);
+            let ours = IptablesRules::build(cfg, family);
+            if backend == Backend::IptablesNft {
+                let existing: Vec<&str> =
+                    saved.lines().filter_map(|l| l.strip_prefix('*')).collect();
+                for t in &ours.tables {
+                    let entry = (family, t.table.to_string());
+                    if !existing.contains(&t.table) && !created_tables.contains(&entry) {
+                        created_tables.push(entry);
+                    }
+                }
+            }
+            let script = ours.restore_script(&installed);
             debug!(?family, %script, "iptables-restore");
             exec::run(&restore, &["--noflush", "--wait=10"], Some(&script))?;
         }
@@ -267,6 +286,7 @@ pub fn apply(cfg: &CaptureConfig, opts: &ApplyOptions) -> Result<CaptureState, R
         backend,
         families,
         host_steps,
+        created_tables,
     };
     if let Some(path) = &opts.state_file {
         state.store(path)?;
@@ -379,7 +399,7 @@ pub fn cleanup(opts: &ApplyOptions) -> Result<(), RedirectError> {
     };
     let both = [Family::V4, Family::V6];
     match (&state, opts.backend) {
-        (Some(s), _) => remove_rules(s.backend, &both)?,
+        (Some(s), _) => remove_state(s)?,
         (None, Backend::Auto) => {
             let mut found = false;
             for b in [Backend::IptablesLegacy, Backend::IptablesNft, Backend::Nft] {
@@ -401,16 +421,49 @@ pub fn cleanup(opts: &ApplyOptions) -> Result<(), RedirectError> {
         }
         (None, b) => remove_rules(b, &both)?,
     }
-    if let Some(s) = &state {
-        for step in &s.host_steps {
-            undo_host_step(step);
-        }
-    }
     if let Some(p) = &opts.state_file {
         CaptureState::remove(p)?;
     }
     info!("capture rules removed");
     Ok(())
+}
+
+/// Removes what `state` records: our rules, our host changes, the tables we created.
+fn remove_state(state: &CaptureState) -> Result<(), RedirectError> {
+    remove_rules(state.backend, &[Family::V4, Family::V6])?;
+    for step in &state.host_steps {
+        undo_host_step(step);
+    }
+    if state.backend == Backend::IptablesNft {
+        for (family, table) in &state.created_tables {
+            delete_table_if_empty(*family, table);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes an iptables-nft table Petrel created, if nobody has put anything in it since.
+fn delete_table_if_empty(family: Family, table: &str) {
+    let (save, _) = Backend::IptablesNft.iptables_tools(family);
+    let (Some(save), Some(nft)) = (exec::find_binary(&save), exec::find_binary("nft")) else {
+        return;
+    };
+    let Ok(text) = exec::run(&save, &["-t", table], None) else {
+        return;
+    };
+    let empty = !text.lines().any(|l| l.starts_with("-A "))
+        && text
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .all(|c| c.split_whitespace().nth(1) == Some("ACCEPT"));
+    if !empty {
+        debug!(table, "table Petrel created is in use now; kept");
+        return;
+    }
+    let fam = if family == Family::V4 { "ip" } else { "ip6" };
+    if let Err(error) = exec::run(&nft, &["delete", "table", fam, table], None) {
+        warn!(table, %error, "could not delete the table Petrel created");
+    }
 }
 
 /// Removes our rules from one backend (both families where the tools exist).

@@ -19,6 +19,9 @@ pub struct CaptureState {
     pub families: Vec<Family>,
     /// Host changes that Petrel made (and so removes).
     pub host_steps: Vec<HostStep>,
+    /// iptables-nft tables that did not exist before Petrel created them (nf_tables tables,
+    /// unlike x_tables ones, can be deleted again, so cleanup leaves `iptables-save` as it was).
+    pub created_tables: Vec<(Family, String)>,
 }
 
 // === impl CaptureState ===
@@ -46,6 +49,10 @@ impl CaptureState {
                 HostStep::LoopbackPassthroughV6 => out.push_str("loopback_v6=added\n"),
             }
         }
+        for (family, table) in &self.created_tables {
+            let fam = if *family == Family::V4 { 4 } else { 6 };
+            let _ = writeln!(out, "created_table={fam},{table}");
+        }
         out
     }
 
@@ -55,6 +62,7 @@ impl CaptureState {
         let mut backend = None;
         let mut families = Vec::new();
         let mut host_steps = Vec::new();
+        let mut created_tables = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
             let Some((key, value)) = line.split_once('=') else {
                 continue;
@@ -82,6 +90,11 @@ impl CaptureState {
                         });
                     }
                 }
+                "created_table" => match value.split_once(',') {
+                    Some(("4", t)) => created_tables.push((Family::V4, t.to_string())),
+                    Some(("6", t)) => created_tables.push((Family::V6, t.to_string())),
+                    _ => return Err(format!("bad created_table {value:?}")),
+                },
                 _ => {}
             }
         }
@@ -90,6 +103,7 @@ impl CaptureState {
             backend,
             families,
             host_steps,
+            created_tables,
         })
     }
 
