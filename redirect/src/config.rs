@@ -382,3 +382,83 @@ pub(crate) fn parse_one<T: FromStr<Err = String>>(
         .parse()
         .map_err(|reason| RedirectError::invalid(flag, s, reason))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_normalises_and_rejects() {
+        let ok = [
+            ("10.1.2.3/16", "10.1.0.0/16"),
+            ("10.1.2.3", "10.1.2.3/32"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("fd00::1/8", "fd00::/8"),
+            ("::1", "::1/128"),
+        ];
+        for (input, shown) in ok {
+            assert_eq!(
+                input.parse::<Cidr>().map(|c| c.to_string()).as_deref(),
+                Ok(shown)
+            );
+        }
+        for bad in [
+            "",
+            "/8",
+            "10.0.0.0/",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0/8",
+            "10.0.0.0/-1",
+            "x/8",
+        ] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad:?} accepted");
+        }
+        let net: Cidr = "240.240.0.0/16".parse().expect("cidr");
+        assert!(net.contains("240.240.3.4".parse().expect("ip")));
+        assert!(!net.contains("240.241.0.1".parse().expect("ip")));
+        assert!(!net.contains("::1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn port_parsing_accepts_single_ports_and_ranges() {
+        assert_eq!("80".parse(), Ok(PortSpec::single(80)));
+        let range: PortSpec = "9000:9100".parse().expect("range");
+        assert_eq!(
+            (range.iptables(), range.nft()),
+            ("9000:9100".into(), "9000-9100".into())
+        );
+        assert_eq!("9000-9100".parse(), Ok(range));
+        for bad in [
+            "", "0", "65536", "-1", "80:", ":80", "90:80", "http", "1:2:3",
+        ] {
+            assert!(bad.parse::<PortSpec>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        for ok in ["eth0", "veth+", "tap0123456789ab"] {
+            assert!(ok.parse::<Interface>().is_ok(), "{ok:?}");
+        }
+        for bad in ["", "tap0123456789abc", "a/b", "a b", "\"x"] {
+            assert!(bad.parse::<Interface>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn list_errors_name_flag_and_element() {
+        let err = parse_list::<PortSpec>("-q/--istio-outbound-ports", "80, 443,,x")
+            .expect_err("x is bad");
+        assert_eq!(
+            err.to_string(),
+            "invalid value \"x\" for -q/--istio-outbound-ports: ports are 1..=65535"
+        );
+        assert_eq!(
+            parse_list::<PortSpec>("-q", " 80, ,443 ")
+                .map(|v| v.len())
+                .ok(),
+            Some(2)
+        );
+    }
+}

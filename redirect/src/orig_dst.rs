@@ -32,3 +32,33 @@ pub fn original_dst<S: std::os::fd::AsFd>(sock: &S) -> io::Result<OrigDstAddr> {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Without a redirect, the kernel reports either the real destination (conntrack saw the
+    /// connection) or an error (no conntrack entry); never a different address, never a panic.
+    #[test]
+    fn unredirected_connection_reports_its_own_destination_or_an_error() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = TcpListener::bind(bind) else {
+                continue; // no IPv6 on this host
+            };
+            let addr = listener.local_addr().expect("local addr");
+            let _client = TcpStream::connect(addr).expect("connect");
+            let (server, _) = listener.accept().expect("accept");
+            if let Ok(orig) = original_dst(&server) {
+                assert_eq!(orig.0, addr);
+            }
+        }
+    }
+
+    #[test]
+    fn listener_socket_is_an_error_not_a_panic() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        assert!(original_dst(&listener).is_err());
+    }
+}

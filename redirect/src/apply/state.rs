@@ -146,3 +146,41 @@ impl CaptureState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_rejects_garbage() {
+        let state = CaptureState {
+            backend: Backend::IptablesNft,
+            families: vec![Family::V4, Family::V6],
+            host_steps: vec![
+                HostStep::LoopbackPassthroughV6,
+                HostStep::TproxyRoute {
+                    family: Family::V6,
+                    mark: 1337,
+                    table: 133,
+                },
+            ],
+            created_tables: vec![(Family::V4, "nat".into()), (Family::V6, "mangle".into())],
+        };
+        assert_eq!(CaptureState::parse(&state.render()), Ok(state));
+        assert!(CaptureState::parse("").is_err(), "no backend");
+        assert!(CaptureState::parse("backend=ipfw").is_err());
+        assert!(CaptureState::parse("backend=nft\ntproxy_route=4,x,133").is_err());
+        assert!(
+            CaptureState::parse("backend=nft\nfuture_key=1").is_ok(),
+            "unknown keys are skipped"
+        );
+    }
+
+    #[test]
+    fn missing_state_file_is_not_an_error() {
+        let path =
+            std::env::temp_dir().join(format!("petrel-no-such-state-{}", std::process::id()));
+        assert!(matches!(CaptureState::load(&path), Ok(None)));
+        assert!(CaptureState::remove(&path).is_ok());
+    }
+}

@@ -117,3 +117,6 @@ pub fn host_steps(cfg: &CaptureConfig) -> Vec<HostStep> {
     }
     steps
 }
+
+#[cfg(test)]
+mod tests;
