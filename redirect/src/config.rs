@@ -324,9 +324,17 @@ impl FromStr for PortSpec {
 // === impl Interface ===
 
 impl Interface {
-    /// The name as given.
+    /// The name as given (iptables syntax: a trailing `+` matches any suffix).
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// nftables syntax: the wildcard suffix is `*` instead of iptables' `+`.
+    pub fn nft(&self) -> String {
+        match self.0.strip_suffix('+') {
+            Some(prefix) => format!("{prefix}*"),
+            None => self.0.clone(),
+        }
     }
 }
 

@@ -282,6 +282,13 @@ pub fn apply(cfg: &CaptureConfig, opts: &ApplyOptions) -> Result<CaptureState, R
             host_steps.push(step);
         }
     }
+    // Host changes of the previous configuration that this one no longer needs (TPROXY →
+    // REDIRECT, IPv6 turned off) are undone like at cleanup.
+    if let Some(prev) = &previous {
+        for step in prev.host_steps.iter().filter(|s| !host_steps.contains(s)) {
+            undo_host_step(step);
+        }
+    }
     let state = CaptureState {
         backend,
         families,

@@ -169,7 +169,6 @@ impl InstalledTable {
 /// Reads our chains and our commented rules in built-in chains from `iptables-save` output.
 pub fn parse_save(save: &str) -> Installed {
     let mut installed = Installed::default();
-    let marker = format!("--comment {COMMENT}");
     for line in save.lines().map(str::trim) {
         if let Some(table) = line.strip_prefix('*') {
             installed.tables.push(InstalledTable {
@@ -188,9 +187,11 @@ pub fn parse_save(save: &str) -> Installed {
             }
         } else if let Some(rule) = line.strip_prefix("-A ") {
             let chain = rule.split_whitespace().next().unwrap_or_default();
-            let ours = rule.split(' ').collect::<Vec<_>>().windows(2).any(|w| {
-                w.join(" ") == marker || w.join(" ") == format!("--comment \"{COMMENT}\"")
-            });
+            // `iptables-save` prints the comment bare (quoted only if it had spaces).
+            let tokens: Vec<&str> = rule.split_whitespace().collect();
+            let ours = tokens
+                .windows(2)
+                .any(|w| w[0] == "--comment" && w[1].trim_matches('"') == COMMENT);
             if ours && !chain.starts_with(CHAIN_PREFIX) {
                 current.head_rules.push(line.to_string());
             }

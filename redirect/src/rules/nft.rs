@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 
 use super::Family;
 use crate::config::{
-    CaptureConfig, InboundPorts, InterceptMode, OutboundCidrs, PortSpec, OUTBOUND_MARK,
+    CaptureConfig, InboundPorts, InterceptMode, Interface, OutboundCidrs, PortSpec, OUTBOUND_MARK,
 };
 
 /// Our tables, all in the `inet` family.
@@ -129,10 +129,10 @@ fn nat(cfg: &CaptureConfig) -> String {
     let tunnel = cfg.inbound_tunnel_port;
     let dns_any = fams.iter().any(|f| dns_servers(cfg, *f).is_some());
     let mut inbound = Vec::new();
-    for iface in &cfg.exclude_interfaces {
+    for iface in cfg.exclude_interfaces.iter().map(Interface::nft) {
         inbound.push(format!("iifname \"{iface}\" return"));
     }
-    for iface in &cfg.kube_virt_interfaces {
+    for iface in cfg.kube_virt_interfaces.iter().map(Interface::nft) {
         match &cfg.outbound_cidrs {
             OutboundCidrs::All => inbound.push(format!("iifname \"{iface}\" jump ISTIO_REDIRECT")),
             OutboundCidrs::Only(cidrs) => {
@@ -167,7 +167,7 @@ fn nat(cfg: &CaptureConfig) -> String {
     }
 
     let mut output = Vec::new();
-    for iface in &cfg.exclude_interfaces {
+    for iface in cfg.exclude_interfaces.iter().map(Interface::nft) {
         output.push(format!("oifname \"{iface}\" return"));
     }
     if !cfg.outbound_ports_exclude.is_empty() {
@@ -366,7 +366,7 @@ fn mangle(cfg: &CaptureConfig) -> Option<String> {
         inbound.push(format!(
             "iifname \"lo\" meta l4proto tcp meta mark != {OUTBOUND_MARK} return"
         ));
-        for iface in &cfg.exclude_interfaces {
+        for iface in cfg.exclude_interfaces.iter().map(Interface::nft) {
             inbound.push(format!("iifname \"{iface}\" return"));
         }
         match &cfg.inbound_ports {
