@@ -1,1 +1,26 @@
-//! Petrel data plane.
+//! Petrel's data plane.
+//!
+//! Layout (lower layers never import higher ones):
+//! - `stats`: Envoy-named counters and gauges with lock-free handles.
+//! - `cli`: Envoy's command-line flags.
+//! - `config`: Envoy protos → runtime objects, validated once, errors naming field paths.
+//! - `route`: compiled route tables and matching.
+//! - `upstream`: clusters, load balancing, connection pools, DNS.
+//! - `listener`: accept, original-destination handoff, listener filters, chain selection.
+//! - `tcp_proxy` / `http`: the network filters (the HTTP router lives in `http`).
+//! - `server`: state shared by listeners and admin.
+//! - `admin`: Envoy-compatible admin endpoints.
+//! - `app`: process lifecycle: load, validate, serve, drain.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod listener;
+pub mod route;
+pub mod server;
+pub mod stats;
+pub mod tcp_proxy;
+pub mod upstream;

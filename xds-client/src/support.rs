@@ -94,8 +94,8 @@ pub static RULES: &[Rule] = rules! {
     },
     "envoy.config.listener.v3.Listener" => {
         supported: ["name", "address", "filter_chains", "default_filter_chain", "listener_filters",
-            "use_original_dst", "bind_to_port", "stat_prefix"],
-        ignored: ["traffic_direction", "per_connection_buffer_limit_bytes", "metadata",
+            "use_original_dst", "bind_to_port", "stat_prefix", "traffic_direction"],
+        ignored: ["per_connection_buffer_limit_bytes", "metadata",
             "continue_on_listener_filters_timeout", "listener_filters_timeout", "drain_type",
             "connection_balance_config", "reuse_port", "enable_reuse_port", "socket_options",
             "tcp_backlog_size", "freebind", "tcp_fast_open_queue_length", "enable_mptcp",
@@ -150,7 +150,7 @@ pub static RULES: &[Rule] = rules! {
             "respect_expected_rq_timeout", "strict_check_headers", "suppress_grpc_request_failure_code_stats"],
     },
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
-        supported: ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout", "access_log"],
+        supported: ["stat_prefix", "cluster", "weighted_clusters", "idle_timeout"],
         ignored: ["max_connect_attempts", "hash_policy", "access_log_options", "max_downstream_connection_duration"],
     },
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster" => {

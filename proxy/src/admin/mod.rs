@@ -1,0 +1,379 @@
+//! Envoy-compatible admin endpoints, served on their own runtime so a stats scrape cannot
+//! take time from the data plane.
+mod prometheus;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use crate::server::Shared;
+
+/// What the admin server can do to the process.
+pub struct AdminCtx {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Asks the process to shut down (`/quitquitquit`).
+    pub quit: tokio::sync::mpsc::UnboundedSender<()>,
+    /// Stops listeners (`/drain_listeners`): (inbound only, graceful).
+    pub drain_listeners: tokio::sync::mpsc::UnboundedSender<(bool, bool)>,
+    /// Changes the log level (`/logging?level=`).
+    pub set_log_level: SetLogLevel,
+    /// The current log level for `/logging`.
+    pub log_level: std::sync::Mutex<String>,
+    /// Command line for `/server_info`.
+    pub command_line: serde_json::Value,
+    /// `server.state`: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING, 3 INITIALIZING.
+    pub state: crate::stats::Gauge,
+}
+
+type Resp = Response<Full<Bytes>>;
+
+/// Changes the process log level; returns a message for a bad level.
+pub type SetLogLevel = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Serves admin connections from `listener` until the process exits.
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<AdminCtx>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(handle(&ctx, req)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
+    r
+}
+
+fn json_resp(v: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(
+        serde_json::to_vec_pretty(&v).unwrap_or_default(),
+    )));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.to_string(), percent_decode(v))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn state_name(v: i64) -> &'static str {
+    match v {
+        0 => "LIVE",
+        1 => "DRAINING",
+        2 => "PRE_INITIALIZING",
+        _ => "INITIALIZING",
+    }
+}
+
+fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let q = query(&req);
+    let post_only = [
+        "/quitquitquit",
+        "/healthcheck/fail",
+        "/healthcheck/ok",
+        "/drain_listeners",
+        "/reset_counters",
+        "/logging",
+    ];
+    if post_only.contains(&path.as_str())
+        && req.method() != Method::POST
+        && !(path == "/logging" && q.is_empty())
+    {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This endpoint requires POST\n",
+        );
+    }
+    let shared = &ctx.shared;
+    match path.as_str() {
+        "/ready" => {
+            let state = ctx.state.get();
+            let status = if state == 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+            text(status, format!("{}\n", state_name(state)))
+        }
+        "/server_info" => json_resp(json!({
+            "version": format!("petrel/{}/Clean/RELEASE", env!("CARGO_PKG_VERSION")),
+            "state": state_name(ctx.state.get()),
+            "hot_restart_version": "disabled",
+            "command_line_options": ctx.command_line,
+            "node": {"id": shared.node.0, "cluster": shared.node.1},
+            "uptime_current_epoch": format!("{}s", shared.started.elapsed().as_secs()),
+            "uptime_all_epochs": format!("{}s", shared.started.elapsed().as_secs()),
+        })),
+        "/stats" => stats(ctx, &q),
+        "/stats/prometheus" => text(StatusCode::OK, prometheus::render(&shared.stats.snapshot(), q.contains_key("usedonly"))),
+        "/config_dump" => json_resp(config_dump(shared, &q)),
+        "/clusters" => clusters(shared, &q),
+        "/listeners" => listeners(shared, &q),
+        "/quitquitquit" => {
+            let _ = ctx.quit.send(());
+            text(StatusCode::OK, "OK\n")
+        }
+        "/healthcheck/fail" => {
+            shared.health_failed.store(true, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/healthcheck/ok" => {
+            shared.health_failed.store(false, Ordering::Relaxed);
+            text(StatusCode::OK, "OK\n")
+        }
+        "/drain_listeners" => {
+            let _ = ctx
+                .drain_listeners
+                .send((q.contains_key("inboundonly"), q.contains_key("graceful")));
+            text(StatusCode::OK, "OK\n")
+        }
+        "/reset_counters" => {
+            shared.stats.reset_counters();
+            text(StatusCode::OK, "OK\n")
+        }
+        "/logging" => {
+            if let Some(level) = q.get("level") {
+                if let Err(e) = (ctx.set_log_level)(level) {
+                    return text(StatusCode::BAD_REQUEST, format!("{e}\n"));
+                }
+                if let Ok(mut l) = ctx.log_level.lock() {
+                    *l = level.clone();
+                }
+            } else if !q.is_empty() {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "usage: /logging?level=<trace|debug|info|warning|error|critical|off>\n",
+                );
+            }
+            let level = ctx.log_level.lock().map(|l| l.clone()).unwrap_or_default();
+            text(StatusCode::OK, format!("active loggers:\n  petrel: {level}\n"))
+        }
+        "/" | "/help" => text(
+            StatusCode::OK,
+            "admin commands are:\n  /clusters\n  /config_dump\n  /drain_listeners (POST)\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /listeners\n  /logging\n  /quitquitquit (POST)\n  /ready\n  /reset_counters (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "invalid path. admin commands are listed at /help\n"),
+    }
+}
+
+fn stats(ctx: &AdminCtx, q: &HashMap<String, String>) -> Resp {
+    let shared = &ctx.shared;
+    // Gauges computed at read time, as Envoy does for uptime.
+    shared
+        .stats
+        .gauge("server.uptime")
+        .set(shared.started.elapsed().as_secs() as i64);
+    let filter = match q.get("filter").filter(|f| !f.is_empty()) {
+        Some(f) => match regex::Regex::new(f) {
+            Ok(re) => Some(re),
+            Err(e) => return text(StatusCode::BAD_REQUEST, format!("Invalid re2 regex: {e}\n")),
+        },
+        None => None,
+    };
+    let used_only = q.contains_key("usedonly");
+    let all = shared.stats.snapshot();
+    let selected = all
+        .iter()
+        .filter(|s| !used_only || s.used)
+        .filter(|s| filter.as_ref().is_none_or(|re| re.is_match(&s.name)));
+    match q.get("format").map(String::as_str) {
+        Some("json") => json_resp(json!({
+            "stats": selected.map(|s| json!({"name": s.name, "value": s.value})).collect::<Vec<_>>()
+        })),
+        Some("prometheus") => text(StatusCode::OK, prometheus::render(&all, used_only)),
+        Some(other) if other != "text" => text(
+            StatusCode::BAD_REQUEST,
+            format!("usage: unknown format {other}\n"),
+        ),
+        _ => {
+            let mut out = String::new();
+            for s in selected {
+                out.push_str(&format!("{}: {}\n", s.name, s.value));
+            }
+            text(StatusCode::OK, out)
+        }
+    }
+}
+
+fn config_dump(shared: &Shared, q: &HashMap<String, String>) -> serde_json::Value {
+    let b = &shared.bootstrap_json;
+    let sr = &b["static_resources"];
+    let now = crate::http::access_log::rfc3339_millis(std::time::SystemTime::now());
+    let clusters: Vec<_> = sr["clusters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut c| {
+            if let Some(o) = c.as_object_mut() {
+                o.insert(
+                    "@type".into(),
+                    json!("type.googleapis.com/envoy.config.cluster.v3.Cluster"),
+                );
+            }
+            json!({"cluster": c, "last_updated": now})
+        })
+        .collect();
+    let listeners: Vec<_> = sr["listeners"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut l| {
+            if let Some(o) = l.as_object_mut() {
+                o.insert(
+                    "@type".into(),
+                    json!("type.googleapis.com/envoy.config.listener.v3.Listener"),
+                );
+            }
+            json!({"listener": l, "last_updated": now})
+        })
+        .collect();
+    let mut configs = vec![
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": b, "last_updated": now}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners}),
+    ];
+    if let Some(resource) = q.get("resource") {
+        // `?resource=static_clusters`: the named repeated field of the matching dumps.
+        configs = configs
+            .into_iter()
+            .flat_map(|c| {
+                c.get(resource)
+                    .and_then(|r| r.as_array().cloned())
+                    .unwrap_or_default()
+            })
+            .collect();
+    }
+    json!({ "configs": configs })
+}
+
+fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
+    let table = shared.clusters.load();
+    let mut names: Vec<_> = table.keys().cloned().collect();
+    names.sort();
+    if q.get("format").map(String::as_str) == Some("json") {
+        let statuses: Vec<_> = names
+            .iter()
+            .map(|n| {
+                let c = &table[n];
+                let hosts: Vec<_> = c
+                    .hosts
+                    .load()
+                    .hosts
+                    .iter()
+                    .map(|h| {
+                        json!({
+                            "address": {"socket_address": {"address": h.addr.to_string()}},
+                            "stats": [
+                                {"name": "rq_active", "value": h.active_rq.load(Ordering::Relaxed), "type": "GAUGE"},
+                                {"name": "rq_total", "value": h.rq_total.load(Ordering::Relaxed)},
+                            ],
+                            "health_status": {"eds_health_status": "HEALTHY"},
+                            "weight": h.weight,
+                            "hostname": &*h.hostname,
+                        })
+                    })
+                    .collect();
+                json!({"name": &**n, "host_statuses": hosts})
+            })
+            .collect();
+        return json_resp(json!({ "cluster_statuses": statuses }));
+    }
+    let mut out = String::new();
+    for n in &names {
+        let c = &table[n];
+        for (k, v) in [
+            ("max_connections", 1024),
+            ("max_pending_requests", 1024),
+            ("max_requests", 1024),
+            ("max_retries", 3),
+        ] {
+            out.push_str(&format!("{n}::default_priority::{k}::{v}\n"));
+        }
+        out.push_str(&format!("{n}::added_via_api::false\n"));
+        for h in c.hosts.load().hosts.iter() {
+            let a = h.addr.to_string();
+            out.push_str(&format!(
+                "{n}::{a}::rq_active::{}\n",
+                h.active_rq.load(Ordering::Relaxed)
+            ));
+            out.push_str(&format!(
+                "{n}::{a}::rq_total::{}\n",
+                h.rq_total.load(Ordering::Relaxed)
+            ));
+            out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
+            out.push_str(&format!("{n}::{a}::health_flags::healthy\n"));
+            out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));
+        }
+    }
+    text(StatusCode::OK, out)
+}
+
+fn listeners(shared: &Shared, q: &HashMap<String, String>) -> Resp {
+    let list = shared.listener_list.load();
+    if q.get("format").map(String::as_str) == Some("json") {
+        let statuses: Vec<_> = list
+            .iter()
+            .map(|l| json!({"name": &*l.name, "local_address": {"socket_address": {"address": l.addr.to_string()}}}))
+            .collect();
+        return json_resp(json!({ "listener_statuses": statuses }));
+    }
+    let mut out = String::new();
+    for l in list.iter() {
+        out.push_str(&format!("{}::{}\n", l.name, l.addr));
+    }
+    text(StatusCode::OK, out)
+}

@@ -1,0 +1,290 @@
+//! Process lifecycle: parse flags, load and compile the bootstrap, run the data plane and
+//! admin, drain on SIGTERM or `/quitquitquit`, exit 0.
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tracing::{error, info, warn};
+use tracing_subscriber::{reload, EnvFilter};
+
+use crate::admin::AdminCtx;
+use crate::cli::{Args, Mode};
+use crate::config::address::ListenAddr;
+use crate::listener::{self, ListenerTable};
+use crate::server::Shared;
+use crate::stats::Stats;
+use crate::upstream::dns;
+
+/// Entry point of the `petrel` binary.
+pub fn main() -> ExitCode {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "redirect") {
+        eprintln!("petrel redirect: not available in this build yet");
+        return ExitCode::from(2);
+    }
+    let args = match Args::try_parse_from(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("petrel: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let filter = args.log_filter().map_err(anyhow::Error::msg)?;
+    let (filter_layer, reload_handle) = reload::Layer::new(EnvFilter::new(&filter));
+    {
+        use tracing_subscriber::prelude::*;
+        let fmt = tracing_subscriber::fmt::layer().with_target(false);
+        match &args.log_path {
+            Some(p) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?;
+                tracing_subscriber::registry()
+                    .with(filter_layer)
+                    .with(
+                        fmt.with_writer(std::sync::Mutex::new(file))
+                            .with_ansi(false),
+                    )
+                    .init();
+            }
+            None => tracing_subscriber::registry()
+                .with(filter_layer)
+                .with(fmt.with_writer(std::io::stderr))
+                .init(),
+        }
+    }
+    // One explicit rustls provider for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let loaded = xds_client::bootstrap::load(
+        args.config_path.as_deref(),
+        args.config_yaml.as_deref(),
+        xds_client::decode::DecodeOptions {
+            allow_unknown_fields: args.allow_unknown_static_fields,
+        },
+    )?;
+    for w in &loaded.warnings {
+        warn!("{w}");
+    }
+    let mut bootstrap = loaded.bootstrap;
+    let node = bootstrap.node.get_or_insert_with(Default::default);
+    if let Some(n) = &args.service_node {
+        node.id = n.clone();
+    }
+    if let Some(c) = &args.service_cluster {
+        node.cluster = c.clone();
+    }
+    if let Some(z) = &args.service_zone {
+        node.locality.get_or_insert_with(Default::default).zone = z.clone();
+    }
+    let node_ids = (node.id.clone(), node.cluster.clone());
+
+    let stats = Stats::default();
+    let config = crate::config::build_static(&bootstrap, &stats)?;
+    if args.mode == Mode::Validate {
+        println!(
+            "configuration '{}' OK",
+            args.config_path
+                .as_ref()
+                .map_or("--config-yaml".to_string(), |p| p.display().to_string())
+        );
+        return Ok(());
+    }
+
+    let workers = args
+        .concurrency
+        .filter(|c| *c > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let bootstrap_json =
+        xds_client::decode::to_json(&bootstrap, "envoy.config.bootstrap.v3.Bootstrap");
+    let shared = Arc::new(Shared::new(stats.clone(), bootstrap_json, node_ids));
+    let state = stats.gauge("server.state");
+    state.set(2); // PRE_INITIALIZING
+    stats.gauge("server.live").set(0);
+    stats.gauge("server.concurrency").set(workers as i64);
+    stats.gauge("server.uptime").set(0);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("petrel-worker")
+        .enable_all()
+        .build()?;
+
+    let (quit_tx, mut quit_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (drain_tx, mut drain_rx) = tokio::sync::mpsc::unbounded_channel::<(bool, bool)>();
+
+    // Admin first, on its own runtime, so /ready answers while the data plane starts.
+    if let Some(addr) = &config.admin {
+        let ListenAddr::Tcp(sa) = addr else {
+            anyhow::bail!("admin.address: only TCP admin addresses are supported");
+        };
+        let std_listener = std::net::TcpListener::bind(sa)
+            .map_err(|e| anyhow::anyhow!("admin.address {sa}: {e}"))?;
+        std_listener.set_nonblocking(true)?;
+        let level = args.log_level.clone();
+        let ctx = Arc::new(AdminCtx {
+            shared: shared.clone(),
+            quit: quit_tx.clone(),
+            drain_listeners: drain_tx,
+            set_log_level: Box::new(move |lvl: &str| {
+                let l = match lvl {
+                    "trace" | "debug" | "info" | "error" | "off" => lvl,
+                    "warning" | "warn" => "warn",
+                    "critical" => "error",
+                    other => return Err(format!("invalid log level {other:?}")),
+                };
+                reload_handle
+                    .modify(|f| *f = EnvFilter::new(format!("{l},h2=warn,hyper=warn")))
+                    .map_err(|e| e.to_string())
+            }),
+            log_level: std::sync::Mutex::new(level),
+            command_line: serde_json::json!({
+                "concurrency": workers,
+                "drain_time": format!("{}s", args.drain_time_s),
+                "config_path": args.config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                "service_node": args.service_node.clone().unwrap_or_default(),
+                "service_cluster": args.service_cluster.clone().unwrap_or_default(),
+                "log_level": args.log_level,
+                "mode": "Serve",
+            }),
+            state: state.clone(),
+        });
+        std::thread::Builder::new()
+            .name("petrel-admin".into())
+            .spawn(move || {
+                let admin_rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match admin_rt {
+                    Ok(admin_rt) => admin_rt.block_on(async move {
+                        match tokio::net::TcpListener::from_std(std_listener) {
+                            Ok(l) => crate::admin::serve(l, ctx).await,
+                            Err(e) => error!("admin listener: {e}"),
+                        }
+                    }),
+                    Err(e) => error!("admin runtime: {e}"),
+                }
+            })?;
+        info!("admin address: {sa}");
+    }
+
+    rt.block_on(async move {
+        // Clusters: resolve DNS clusters before listeners open (Envoy's init manager waits
+        // for the first resolution of each cluster).
+        state.set(3); // INITIALIZING
+        for c in config.clusters.values() {
+            if let Err(e) = dns::resolve(c).await {
+                warn!(cluster = %c.name, "initial DNS resolution failed: {e}");
+            }
+            dns::spawn_refresh(c.clone());
+            if matches!(c.discovery, crate::upstream::Discovery::OriginalDst { .. }) {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        c.cleanup_orig_dst();
+                    }
+                });
+            }
+        }
+        stats
+            .gauge("cluster_manager.active_clusters")
+            .set(config.clusters.len() as i64);
+        shared.clusters.store(Arc::new(config.clusters));
+
+        let mut table = ListenerTable::default();
+        for l in &config.listeners {
+            if let ListenAddr::Tcp(a) = &l.addr {
+                table.by_addr.insert(*a, l.clone());
+            }
+        }
+        shared.listeners.store(Arc::new(table));
+        shared
+            .listener_list
+            .store(Arc::new(config.listeners.clone()));
+
+        let mut stops = Vec::new();
+        for l in &config.listeners {
+            if !l.bind_to_port {
+                continue;
+            }
+            let bound = listener::bind(&l.addr)
+                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.addr))?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            stops.push((l.clone(), stop_tx));
+            tokio::spawn(listener::accept_loop(
+                l.clone(),
+                bound,
+                shared.clone(),
+                stop_rx,
+            ));
+            info!(listener = %l.name, "listening on {}", l.addr);
+        }
+        stats
+            .gauge("listener_manager.total_listeners_active")
+            .set(config.listeners.len() as i64);
+        stats.gauge("listener_manager.workers_started").set(1);
+        stats.gauge("server.live").set(1);
+        state.set(0); // LIVE
+
+        // Run until SIGTERM/SIGINT or /quitquitquit; /drain_listeners stops listeners only.
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = tokio::signal::ctrl_c() => break,
+                _ = quit_rx.recv() => break,
+                Some((inbound_only, _graceful)) = drain_rx.recv() => {
+                    for (l, stop) in &stops {
+                        if !inbound_only || l.inbound {
+                            stop.send_replace(true);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Drain: stop accepting, let connection managers close keep-alive connections and
+        // finish in-flight requests, then exit once nothing is active or drain time passes.
+        info!("draining (up to {}s)", args.drain_time_s);
+        state.set(1);
+        for (_, stop) in &stops {
+            stop.send_replace(true);
+        }
+        shared.start_drain();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.drain_time_s);
+        loop {
+            let active: i64 = shared
+                .listener_list
+                .load()
+                .iter()
+                .map(|l| l.stats.downstream_cx_active.get())
+                .sum();
+            if active == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        info!("shutdown complete");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}

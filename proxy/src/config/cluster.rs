@@ -1,0 +1,333 @@
+//! `Cluster` → `upstream::Cluster`.
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster as XdsCluster};
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
+
+use super::address::{host_addr, HostAddr as CfgAddr};
+use super::{duration, unpack, ConfigError};
+use crate::stats::Stats;
+use crate::upstream::dns::{DnsTargets, Family};
+use crate::upstream::{
+    Cluster, ClusterStats, Discovery, Host, HostAddr, HostSet, LbPolicy, UpstreamProtocol,
+};
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// Compiles a cluster. DNS clusters start empty; `upstream::dns::resolve` fills them.
+pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster, ConfigError> {
+    if c.name.is_empty() {
+        return Err(ConfigError::new(
+            format!("{path}.name"),
+            "must not be empty",
+        ));
+    }
+    let discovery_type = match &c.cluster_discovery_type {
+        Some(cluster::ClusterDiscoveryType::Type(t)) => cluster::DiscoveryType::try_from(*t)
+            .map_err(|_| ConfigError::new(format!("{path}.type"), format!("unknown value {t}")))?,
+        Some(cluster::ClusterDiscoveryType::ClusterType(_)) => {
+            return Err(ConfigError::new(
+                format!("{path}.cluster_type"),
+                "not supported",
+            ))
+        }
+        None => cluster::DiscoveryType::Static,
+    };
+    let connect_timeout = match &c.connect_timeout {
+        Some(d) => duration(d, &format!("{path}.connect_timeout"))?,
+        None => Duration::from_secs(5),
+    };
+    if connect_timeout.is_zero() {
+        return Err(ConfigError::new(
+            format!("{path}.connect_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    let lb = match cluster::LbPolicy::try_from(c.lb_policy) {
+        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest {
+            choice_count: c
+                .lb_config
+                .as_ref()
+                .and_then(|cfg| match cfg {
+                    cluster::LbConfig::LeastRequestLbConfig(l) => {
+                        l.choice_count.as_ref().map(|v| v.value)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(2),
+        },
+        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
+        Ok(cluster::LbPolicy::ClusterProvided)
+            if discovery_type == cluster::DiscoveryType::OriginalDst =>
+        {
+            LbPolicy::RoundRobin
+        }
+        Ok(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                format!("{} is not supported", other.as_str_name()),
+            ))
+        }
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.lb_policy"),
+                format!("unknown value {}", c.lb_policy),
+            ))
+        }
+    };
+    if let Some(cluster::LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
+        if l.choice_count.as_ref().is_some_and(|v| v.value < 2) {
+            return Err(ConfigError::new(
+                format!("{path}.least_request_lb_config.choice_count"),
+                "must be at least 2",
+            ));
+        }
+    }
+    let protocol = protocol(c, path)?;
+    let bind = match &c.upstream_bind_config {
+        Some(b) => {
+            match &b.source_address {
+                Some(sa) => {
+                    let addr = envoy_types::pb::envoy::config::core::v3::Address {
+                    address: Some(envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(
+                        sa.clone(),
+                    )),
+                };
+                    match host_addr(
+                        &addr,
+                        &format!("{path}.upstream_bind_config.source_address"),
+                    )? {
+                        CfgAddr::Ip(a) => Some(a),
+                        _ => {
+                            return Err(ConfigError::new(
+                                format!("{path}.upstream_bind_config.source_address"),
+                                "must be an IP address",
+                            ))
+                        }
+                    }
+                }
+                None => None,
+            }
+        }
+        None => None,
+    };
+
+    // Endpoints.
+    let mut static_hosts = Vec::new();
+    let mut dns_names = Vec::new();
+    if let Some(la) = &c.load_assignment {
+        for (li, loc) in la.endpoints.iter().enumerate() {
+            let lpath = format!("{path}.load_assignment.endpoints[{li}]");
+            if loc.priority != 0 {
+                return Err(ConfigError::new(
+                    format!("{lpath}.priority"),
+                    "only priority 0 is supported",
+                ));
+            }
+            for (ei, lbe) in loc.lb_endpoints.iter().enumerate() {
+                let epath = format!("{lpath}.lb_endpoints[{ei}]");
+                let weight = lbe.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+                if weight == 0 {
+                    return Err(ConfigError::new(
+                        format!("{epath}.load_balancing_weight"),
+                        "must be at least 1",
+                    ));
+                }
+                // Hosts the control plane marks unhealthy or draining take no new requests.
+                let healthy = !matches!(
+                    HealthStatus::try_from(lbe.health_status),
+                    Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+                );
+                let endpoint = match &lbe.host_identifier {
+                    Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) => e,
+                    _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "missing")),
+                };
+                let addr = endpoint.address.as_ref().ok_or_else(|| {
+                    ConfigError::new(format!("{epath}.endpoint.address"), "missing")
+                })?;
+                let apath = format!("{epath}.endpoint.address");
+                match (host_addr(addr, &apath)?, discovery_type) {
+                    (CfgAddr::Name(name, port), cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns) => {
+                        dns_names.push((name, port, weight))
+                    }
+                    (CfgAddr::Ip(ip), cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns) => {
+                        dns_names.push((ip.ip().to_string(), ip.port(), weight))
+                    }
+                    (CfgAddr::Name(name, _), _) => {
+                        return Err(ConfigError::new(
+                            format!("{apath}.socket_address.address"),
+                            format!("{name:?} is not an IP address (use STRICT_DNS or LOGICAL_DNS for names)"),
+                        ))
+                    }
+                    (CfgAddr::Ip(ip), _) => {
+                        if healthy {
+                            static_hosts.push(Arc::new(Host::new(HostAddr::Tcp(ip), Arc::from(ip.to_string().as_str()), weight)));
+                        }
+                    }
+                    (CfgAddr::Pipe(p), _) => {
+                        if healthy {
+                            let name = Arc::from(p.display().to_string().as_str());
+                            static_hosts.push(Arc::new(Host::new(HostAddr::Unix(p), name, weight)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let family = match cluster::DnsLookupFamily::try_from(c.dns_lookup_family) {
+        Ok(cluster::DnsLookupFamily::Auto) => Family::Auto,
+        Ok(cluster::DnsLookupFamily::V4Only) => Family::V4Only,
+        Ok(cluster::DnsLookupFamily::V6Only) => Family::V6Only,
+        Ok(cluster::DnsLookupFamily::V4Preferred) => Family::V4Preferred,
+        Ok(cluster::DnsLookupFamily::All) => Family::All,
+        Err(_) => {
+            return Err(ConfigError::new(
+                format!("{path}.dns_lookup_family"),
+                format!("unknown value {}", c.dns_lookup_family),
+            ))
+        }
+    };
+    let refresh = match &c.dns_refresh_rate {
+        Some(d) => duration(d, &format!("{path}.dns_refresh_rate"))?.max(Duration::from_millis(1)),
+        None => Duration::from_secs(5),
+    };
+    let discovery = match discovery_type {
+        cluster::DiscoveryType::Static => Discovery::Static,
+        cluster::DiscoveryType::StrictDns => Discovery::StrictDns(DnsTargets {
+            names: dns_names,
+            family,
+            refresh,
+        }),
+        cluster::DiscoveryType::LogicalDns => {
+            if dns_names.len() != 1 {
+                return Err(ConfigError::new(
+                    format!("{path}.load_assignment"),
+                    "LOGICAL_DNS clusters must have exactly one endpoint",
+                ));
+            }
+            Discovery::LogicalDns(DnsTargets {
+                names: dns_names,
+                family,
+                refresh,
+            })
+        }
+        cluster::DiscoveryType::OriginalDst => {
+            if c.load_assignment
+                .as_ref()
+                .is_some_and(|la| !la.endpoints.is_empty())
+            {
+                return Err(ConfigError::new(
+                    format!("{path}.load_assignment"),
+                    "ORIGINAL_DST clusters cannot have endpoints",
+                ));
+            }
+            let header = match &c.lb_config {
+                Some(cluster::LbConfig::OriginalDstLbConfig(o)) if o.use_http_header => {
+                    let name = if o.http_header_name.is_empty() {
+                        "x-envoy-original-dst-host"
+                    } else {
+                        o.http_header_name.as_str()
+                    };
+                    Some(
+                        http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+                            .map_err(|_| {
+                                ConfigError::new(
+                                    format!("{path}.original_dst_lb_config.http_header_name"),
+                                    "invalid header name",
+                                )
+                            })?,
+                    )
+                }
+                _ => None,
+            };
+            Discovery::OriginalDst { header }
+        }
+        cluster::DiscoveryType::Eds => {
+            return Err(ConfigError::new(
+                format!("{path}.type"),
+                "EDS needs an xDS control plane (not yet supported)",
+            ))
+        }
+    };
+
+    let stat_name: Arc<str> = if c.alt_stat_name.is_empty() {
+        Arc::from(c.name.as_str())
+    } else {
+        Arc::from(c.alt_stat_name.as_str())
+    };
+    let cstats = ClusterStats::new(stats, &stat_name);
+    let cluster = Cluster {
+        name: Arc::from(c.name.as_str()),
+        stat_name,
+        discovery,
+        connect_timeout,
+        protocol,
+        lb,
+        hosts: ArcSwap::from_pointee(HostSet::default()),
+        rr: AtomicUsize::new(rand::random::<u16>() as usize),
+        bind,
+        orig_dst_hosts: DashMap::new(),
+        stats: cstats,
+    };
+    cluster.set_hosts(static_hosts);
+    Ok(cluster)
+}
+
+fn protocol(c: &XdsCluster, path: &str) -> Result<UpstreamProtocol, ConfigError> {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    use http_protocol_options::UpstreamProtocolOptions as U;
+    let mut proto = if c.http2_protocol_options.is_some() {
+        UpstreamProtocol::Http2
+    } else {
+        UpstreamProtocol::Http1
+    };
+    for (name, any) in &c.typed_extension_protocol_options {
+        let opath = format!("{path}.typed_extension_protocol_options[{name:?}]");
+        if xds_client::decode::type_name(&any.type_url) != HTTP_PROTOCOL_OPTIONS {
+            return Err(ConfigError::new(
+                opath,
+                format!("{} is not supported", any.type_url),
+            ));
+        }
+        let opts: HttpProtocolOptions = unpack(any, HTTP_PROTOCOL_OPTIONS, &opath)?;
+        proto = match opts.upstream_protocol_options {
+            Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
+                Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(ConfigError::new(
+                        format!("{opath}.explicit_http_config"),
+                        "HTTP/3 is not supported",
+                    ))
+                }
+                None => {
+                    return Err(ConfigError::new(
+                        format!("{opath}.explicit_http_config"),
+                        "missing protocol",
+                    ))
+                }
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(U::AutoConfig(_)) => {
+                return Err(ConfigError::new(
+                    format!("{opath}.auto_config"),
+                    "not supported (needs upstream TLS ALPN)",
+                ))
+            }
+            None => proto,
+        };
+    }
+    if c.protocol_selection == cluster::ClusterProtocolSelection::UseDownstreamProtocol as i32 {
+        proto = UpstreamProtocol::UseDownstream;
+    }
+    Ok(proto)
+}

@@ -1,0 +1,220 @@
+//! `envoy.filters.network.http_connection_manager`: serve HTTP/1.1 and h2c downstream
+//! connections with hyper and route each request (see `router`).
+pub mod access_log;
+pub mod flags;
+mod router;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::listener::Accepted;
+use crate::route::RouteTable;
+use crate::server::Shared;
+use crate::stats::{Counter, Gauge, GaugeGuard, Stats};
+
+/// `codec_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// Detect from the first bytes (h2 preface or HTTP/1).
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 only (prior knowledge).
+    Http2,
+}
+
+/// `server_header_transformation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerHeader {
+    /// Always set `server` to `server_name` (Envoy's default).
+    Overwrite,
+    /// Set it only when the upstream sent none.
+    AppendIfAbsent,
+    /// Leave the upstream's value (or none).
+    PassThrough,
+}
+
+/// A compiled HTTP connection manager.
+#[derive(Debug)]
+pub struct HttpConnMgr {
+    /// `stat_prefix`.
+    pub stat_prefix: Arc<str>,
+    /// Codec.
+    pub codec: Codec,
+    /// Routes; swapped whole on RDS updates.
+    pub routes: ArcSwap<RouteTable>,
+    /// `server` header value (`server_name`, default `envoy` for drop-in compatibility).
+    pub server_name: HeaderValue,
+    /// How the `server` header is set.
+    pub server_header: ServerHeader,
+    /// Access logs.
+    pub access_logs: Vec<Arc<access_log::AccessLog>>,
+    /// Add `x-request-id` when absent.
+    pub generate_request_id: bool,
+    /// Append the peer to `x-forwarded-for`.
+    pub use_remote_address: bool,
+    /// Upgrade types enabled on this connection manager (lower-case).
+    pub upgrades: Vec<String>,
+    /// Router's `suppress_envoy_headers`.
+    pub suppress_envoy_headers: bool,
+    /// Stats.
+    pub stats: HttpStats,
+}
+
+/// `http.<stat_prefix>.` stats.
+#[derive(Debug, Clone)]
+pub struct HttpStats {
+    pub downstream_cx_total: Counter,
+    pub downstream_cx_active: Gauge,
+    pub downstream_cx_http1_total: Counter,
+    pub downstream_cx_http2_total: Counter,
+    pub downstream_cx_destroy: Counter,
+    pub downstream_cx_protocol_error: Counter,
+    pub downstream_rq_total: Counter,
+    pub downstream_rq_active: Gauge,
+    pub downstream_rq_http1_total: Counter,
+    pub downstream_rq_http2_total: Counter,
+    pub downstream_rq_completed: Counter,
+    pub downstream_rq_ws_on_non_ws_route: Counter,
+    pub downstream_rq_class: [Counter; 5],
+    pub no_route: Counter,
+    pub no_cluster: Counter,
+    pub rq_direct_response: Counter,
+    pub rq_redirect: Counter,
+    pub rq_total: Counter,
+}
+
+impl HttpStats {
+    /// Registers `http.<prefix>.` stats.
+    pub fn new(stats: &Stats, prefix: &str) -> Self {
+        let c = |s: &str| stats.counter(&format!("http.{prefix}.{s}"));
+        let g = |s: &str| stats.gauge(&format!("http.{prefix}.{s}"));
+        HttpStats {
+            downstream_cx_total: c("downstream_cx_total"),
+            downstream_cx_active: g("downstream_cx_active"),
+            downstream_cx_http1_total: c("downstream_cx_http1_total"),
+            downstream_cx_http2_total: c("downstream_cx_http2_total"),
+            downstream_cx_destroy: c("downstream_cx_destroy"),
+            downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_rq_total: c("downstream_rq_total"),
+            downstream_rq_active: g("downstream_rq_active"),
+            downstream_rq_http1_total: c("downstream_rq_http1_total"),
+            downstream_rq_http2_total: c("downstream_rq_http2_total"),
+            downstream_rq_completed: c("downstream_rq_completed"),
+            downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_class: [
+                c("downstream_rq_1xx"),
+                c("downstream_rq_2xx"),
+                c("downstream_rq_3xx"),
+                c("downstream_rq_4xx"),
+                c("downstream_rq_5xx"),
+            ],
+            no_route: c("no_route"),
+            no_cluster: c("no_cluster"),
+            rq_direct_response: c("rq_direct_response"),
+            rq_redirect: c("rq_redirect"),
+            rq_total: c("rq_total"),
+        }
+    }
+
+    /// Counts a response status sent downstream.
+    pub fn charge(&self, status: http::StatusCode) {
+        if let Some(c) = (status.as_u16() / 100)
+            .checked_sub(1)
+            .and_then(|i| self.downstream_rq_class.get(i as usize))
+        {
+            c.inc();
+        }
+    }
+}
+
+/// What every request on one downstream connection shares.
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub hcm: Arc<HttpConnMgr>,
+    pub shared: Arc<Shared>,
+    pub conn: Accepted,
+    counted_protocol: AtomicBool,
+}
+
+// === impl HttpConnMgr ===
+
+impl HttpConnMgr {
+    /// Serves one downstream connection until it closes or the proxy drains.
+    pub async fn serve<S>(self: Arc<Self>, shared: Arc<Shared>, stream: S, conn: Accepted)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.stats.downstream_cx_total.inc();
+        let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
+        let mut drain = shared.drain_signal();
+        let ctx = Arc::new(ConnCtx {
+            hcm: self.clone(),
+            shared,
+            conn,
+            counted_protocol: AtomicBool::new(false),
+        });
+        let svc = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move { Ok::<_, Infallible>(router::handle(ctx, req).await) }
+        });
+        let io = TokioIo::new(stream);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().preserve_header_case(true).keep_alive(true);
+        builder
+            .http2()
+            .initial_stream_window_size(16 * 1024 * 1024)
+            .initial_connection_window_size(64 * 1024 * 1024);
+        let builder = match self.codec {
+            Codec::Auto => builder,
+            Codec::Http1 => builder.http1_only(),
+            Codec::Http2 => builder.http2_only(),
+        };
+        let conn = builder.serve_connection_with_upgrades(io, svc);
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            res = conn.as_mut() => res,
+            _ = drained(&mut drain) => {
+                // Draining: finish in-flight requests, close keep-alive connections (HTTP/1
+                // `connection: close`, HTTP/2 GOAWAY).
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            let malformed = e
+                .downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_parse() || h.is_parse_status() || h.is_parse_too_large());
+            if malformed {
+                self.stats.downstream_cx_protocol_error.inc();
+            }
+            tracing::debug!("downstream connection ended with error: {e}");
+        }
+        self.stats.downstream_cx_destroy.inc();
+    }
+}
+
+impl ConnCtx {
+    fn count_protocol(&self, h2: bool) {
+        if !self.counted_protocol.swap(true, Ordering::Relaxed) {
+            if h2 {
+                self.hcm.stats.downstream_cx_http2_total.inc();
+            } else {
+                self.hcm.stats.downstream_cx_http1_total.inc();
+            }
+        }
+    }
+}
+
+/// Resolves once draining starts (a `()` future, so no watch guard lives across awaits).
+pub(crate) async fn drained(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|d| *d).await;
+}

@@ -1,0 +1,297 @@
+//! Upstream clusters: endpoints, load balancing, connection pools and DNS refresh.
+//!
+//! A `Cluster` is built once per config version and shared by `Arc`; its host set is
+//! swapped atomically when DNS (or, later, EDS) changes it, so requests never wait on a lock.
+pub mod body;
+pub mod dns;
+pub mod lb;
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+
+use crate::stats::{Counter, Gauge, Stats};
+
+pub use lb::LbPolicy;
+
+/// How a cluster finds its hosts (Envoy's `type`).
+#[derive(Debug, Clone)]
+pub enum Discovery {
+    /// Fixed addresses.
+    Static,
+    /// Every address of every name, refreshed.
+    StrictDns(dns::DnsTargets),
+    /// The first address of the one name, refreshed.
+    LogicalDns(dns::DnsTargets),
+    /// The downstream connection's original destination (or a header).
+    OriginalDst {
+        /// Header naming the destination, when `use_http_header` is set.
+        header: Option<http::HeaderName>,
+    },
+}
+
+/// Which HTTP protocol to speak upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (Envoy's default).
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext).
+    Http2,
+    /// Whatever the downstream request used.
+    UseDownstream,
+}
+
+/// Where an upstream host is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostAddr {
+    /// TCP.
+    Tcp(SocketAddr),
+    /// Unix domain socket.
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddr::Tcp(a) => write!(f, "{a}"),
+            HostAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// One upstream endpoint with its connection pool.
+#[derive(Debug)]
+pub struct Host {
+    /// Address.
+    pub addr: HostAddr,
+    /// `hostname` for auto host rewrite (DNS name, or the address).
+    pub hostname: Arc<str>,
+    /// Load-balancing weight (≥ 1).
+    pub weight: u32,
+    /// Requests in flight (least-request LB, `/clusters`).
+    pub active_rq: AtomicU64,
+    /// Completed requests by class, for `/clusters`.
+    pub rq_total: AtomicU64,
+    /// Connection pool.
+    pub pool: pool::HostPool,
+}
+
+/// The hosts a cluster balances over; replaced as a whole.
+#[derive(Debug, Default)]
+pub struct HostSet {
+    /// Healthy hosts in a stable order.
+    pub hosts: Vec<Arc<Host>>,
+    /// Sum of weights.
+    pub total_weight: u64,
+    /// Whether every host has the same weight (plain round robin).
+    pub uniform: bool,
+}
+
+/// Per-cluster stats handles (Envoy's names under `cluster.<name>.`).
+#[derive(Debug, Clone)]
+pub struct ClusterStats {
+    pub upstream_cx_total: Counter,
+    pub upstream_cx_active: Gauge,
+    pub upstream_cx_connect_fail: Counter,
+    pub upstream_cx_connect_timeout: Counter,
+    pub upstream_cx_http1_total: Counter,
+    pub upstream_cx_http2_total: Counter,
+    pub upstream_cx_destroy: Counter,
+    pub upstream_cx_none_healthy: Counter,
+    pub upstream_rq_total: Counter,
+    pub upstream_rq_active: Gauge,
+    pub upstream_rq_completed: Counter,
+    pub upstream_rq_timeout: Counter,
+    pub upstream_rq_rx_reset: Counter,
+    pub upstream_rq_tx_reset: Counter,
+    pub upstream_rq_pending_total: Counter,
+    pub upstream_rq_pending_failure_eject: Counter,
+    pub membership_total: Gauge,
+    pub membership_healthy: Gauge,
+    pub update_success: Counter,
+    pub update_attempt: Counter,
+    /// `upstream_rq_1xx`..`upstream_rq_5xx`.
+    pub rq_class: [Counter; 5],
+    /// Per exact status code, created on first use.
+    pub rq_code: Arc<DashMap<u16, Counter>>,
+    prefix: Arc<str>,
+    stats: Stats,
+}
+
+/// A compiled cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Name.
+    pub name: Arc<str>,
+    /// Stat name (`alt_stat_name` or name).
+    pub stat_name: Arc<str>,
+    /// Discovery type.
+    pub discovery: Discovery,
+    /// `connect_timeout` (Envoy's default 5 s).
+    pub connect_timeout: Duration,
+    /// Upstream HTTP protocol.
+    pub protocol: UpstreamProtocol,
+    /// Load balancer.
+    pub lb: LbPolicy,
+    /// Current healthy hosts.
+    pub hosts: ArcSwap<HostSet>,
+    /// Round-robin cursor.
+    pub rr: AtomicUsize,
+    /// `upstream_bind_config.source_address`.
+    pub bind: Option<SocketAddr>,
+    /// ORIGINAL_DST hosts, created on demand.
+    pub orig_dst_hosts: DashMap<SocketAddr, Arc<Host>>,
+    /// Stats.
+    pub stats: ClusterStats,
+}
+
+// === impl Host ===
+
+impl Host {
+    /// A host at `addr`.
+    pub fn new(addr: HostAddr, hostname: Arc<str>, weight: u32) -> Self {
+        Host {
+            addr,
+            hostname,
+            weight: weight.max(1),
+            active_rq: AtomicU64::new(0),
+            rq_total: AtomicU64::new(0),
+            pool: pool::HostPool::default(),
+        }
+    }
+}
+
+// === impl HostSet ===
+
+impl HostSet {
+    /// Builds a host set, computing the weight summary.
+    pub fn new(hosts: Vec<Arc<Host>>) -> Self {
+        let total_weight = hosts.iter().map(|h| h.weight as u64).sum();
+        let uniform = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
+        HostSet {
+            hosts,
+            total_weight,
+            uniform,
+        }
+    }
+}
+
+// === impl ClusterStats ===
+
+impl ClusterStats {
+    /// Registers the cluster's stats under `cluster.<name>.`.
+    pub fn new(stats: &Stats, name: &str) -> Self {
+        let p = format!("cluster.{name}.");
+        let c = |s: &str| stats.counter(&format!("{p}{s}"));
+        let g = |s: &str| stats.gauge(&format!("{p}{s}"));
+        ClusterStats {
+            upstream_cx_total: c("upstream_cx_total"),
+            upstream_cx_active: g("upstream_cx_active"),
+            upstream_cx_connect_fail: c("upstream_cx_connect_fail"),
+            upstream_cx_connect_timeout: c("upstream_cx_connect_timeout"),
+            upstream_cx_http1_total: c("upstream_cx_http1_total"),
+            upstream_cx_http2_total: c("upstream_cx_http2_total"),
+            upstream_cx_destroy: c("upstream_cx_destroy"),
+            upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
+            upstream_rq_total: c("upstream_rq_total"),
+            upstream_rq_active: g("upstream_rq_active"),
+            upstream_rq_completed: c("upstream_rq_completed"),
+            upstream_rq_timeout: c("upstream_rq_timeout"),
+            upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
+            upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
+            upstream_rq_pending_total: c("upstream_rq_pending_total"),
+            upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
+            membership_total: g("membership_total"),
+            membership_healthy: g("membership_healthy"),
+            update_success: c("update_success"),
+            update_attempt: c("update_attempt"),
+            rq_class: [
+                c("upstream_rq_1xx"),
+                c("upstream_rq_2xx"),
+                c("upstream_rq_3xx"),
+                c("upstream_rq_4xx"),
+                c("upstream_rq_5xx"),
+            ],
+            rq_code: Arc::new(DashMap::new()),
+            prefix: Arc::from(p.as_str()),
+            stats: stats.clone(),
+        }
+    }
+
+    /// Counts a response status from (or on behalf of) the upstream, as Envoy's
+    /// `chargeUpstreamCode`: the class counter, the exact-code counter and completion.
+    pub fn charge_code(&self, status: u16) {
+        if let Some(class) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.rq_class.get(i as usize))
+        {
+            class.inc();
+        }
+        self.code_counter(status).inc();
+        self.upstream_rq_completed.inc();
+    }
+
+    fn code_counter(&self, status: u16) -> Counter {
+        if let Some(c) = self.rq_code.get(&status) {
+            return c.clone();
+        }
+        let c = self
+            .stats
+            .counter(&format!("{}upstream_rq_{status}", self.prefix));
+        self.rq_code.insert(status, c.clone());
+        c
+    }
+}
+
+// === impl Cluster ===
+
+impl Cluster {
+    /// Replaces the host set (DNS refresh, EDS) and updates membership gauges.
+    pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
+        let n = hosts.len() as i64;
+        self.hosts.store(Arc::new(HostSet::new(hosts)));
+        self.stats.membership_total.set(n);
+        self.stats.membership_healthy.set(n);
+    }
+
+    /// The host for an ORIGINAL_DST request to `dst`, created on first use.
+    pub fn orig_dst_host(&self, dst: SocketAddr) -> Arc<Host> {
+        if let Some(h) = self.orig_dst_hosts.get(&dst) {
+            return h.clone();
+        }
+        self.orig_dst_hosts
+            .entry(dst)
+            .or_insert_with(|| {
+                Arc::new(Host::new(
+                    HostAddr::Tcp(dst),
+                    Arc::from(dst.to_string().as_str()),
+                    1,
+                ))
+            })
+            .clone()
+    }
+
+    /// Picks a host with the cluster's load balancer; `None` when no host is available.
+    pub fn pick(&self) -> Option<Arc<Host>> {
+        let set = self.hosts.load();
+        lb::pick(&self.lb, &set, &self.rr).cloned()
+    }
+
+    /// Number of ORIGINAL_DST hosts currently cached (bounded by cleanup).
+    pub fn orig_dst_len(&self) -> usize {
+        self.orig_dst_hosts.len()
+    }
+
+    /// Drops ORIGINAL_DST hosts with no request in flight and no pooled connection in use;
+    /// Envoy does the same every `cleanup_interval` (5 s).
+    pub fn cleanup_orig_dst(&self) {
+        self.orig_dst_hosts
+            .retain(|_, h| h.active_rq.load(Ordering::Relaxed) > 0 || Arc::strong_count(h) > 1);
+    }
+}
