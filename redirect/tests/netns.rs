@@ -479,3 +479,83 @@ fn missing_privileges_are_reported() {
     );
     assert!(stdout.contains("CAP_NET_ADMIN"), "{stdout}");
 }
+
+fn vm_mode(backend: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (vm, peer) = topology(&format!("vm-{backend}"));
+    // The VM's default route points at the peer, so mesh capture addresses would leave the VM.
+    vm.exec(&["ip", "route", "add", "default", "via", "10.77.0.2"]);
+    vm.redirect(&[
+        "--vm",
+        "-b",
+        "8080",
+        "--mesh-cidrs",
+        "10.96.0.0/12",
+        "--dns-servers",
+        "10.77.0.2",
+        "--no-ipv6",
+        "--backend",
+        backend,
+    ]);
+
+    info!("mesh destinations and DNS are captured");
+    let proxy = Server::start(&vm, "0.0.0.0:15001,0.0.0.0:15053,udp:0.0.0.0:15053", 4);
+    assert!(
+        connect(&vm, "240.240.0.5", 80, None),
+        "capture-range connect failed"
+    );
+    assert!(
+        connect(&vm, "10.96.0.1", 443, None),
+        "mesh CIDR connect failed"
+    );
+    assert!(send_udp(&vm, "10.77.0.2", 53, None), "UDP DNS send failed");
+    assert!(
+        connect(&vm, "10.77.0.2", 53, None),
+        "TCP DNS connect failed"
+    );
+    let mut got = proxy.finish();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "ACCEPT 0.0.0.0:15001 10.96.0.1:443",
+            "ACCEPT 0.0.0.0:15001 240.240.0.5:80",
+            "ACCEPT 0.0.0.0:15053 10.77.0.2:53",
+            "UDP 0.0.0.0:15053",
+        ],
+        "{backend}"
+    );
+
+    info!("other destinations, and the proxy's own DNS queries, are not captured");
+    let direct = Server::start(&peer, "0.0.0.0:9090,udp:0.0.0.0:53", 2);
+    assert!(
+        connect(&vm, "10.77.0.2", 9090, None),
+        "non-mesh connect failed"
+    );
+    assert!(
+        send_udp(&vm, "10.77.0.2", 53, Some(1337)),
+        "proxy DNS send failed"
+    );
+    let mut got = direct.finish();
+    got.sort();
+    assert_eq!(got.len(), 2, "{backend}: {got:?}");
+    assert!(
+        got[0].starts_with("ACCEPT 0.0.0.0:9090 "),
+        "{backend}: {got:?}"
+    );
+    assert_eq!(got[1], "UDP 0.0.0.0:53", "{backend}");
+
+    vm.redirect(&["--cleanup", "--backend", backend]);
+}
+
+#[test]
+fn vm_mode_captures_only_the_mesh_and_dns_iptables_legacy() {
+    require!("iptables-legacy-restore", "ip6tables-legacy-restore");
+    vm_mode("iptables-legacy");
+}
+
+#[test]
+fn vm_mode_captures_only_the_mesh_and_dns_nft() {
+    require!("nft");
+    vm_mode("nft");
+}

@@ -2,7 +2,7 @@
 //! process roles, servers and clients.
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -23,21 +23,28 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 /// Listens on every address of `PETREL_NETNS_LISTEN`, prints `LISTENING`, then for each of
 /// `PETREL_NETNS_EXPECT` connections prints `ACCEPT <listener> <original dst or none>`.
 pub fn serve() {
-    let listeners: Vec<TcpListener> = std::env::var(LISTEN)
+    let listeners: Vec<(bool, Socket)> = std::env::var(LISTEN)
         .unwrap_or_default()
         .split(',')
         .map(|a| {
+            let (udp, a) = match a.strip_prefix("udp:") {
+                Some(rest) => (true, rest),
+                None => (false, a),
+            };
             let addr: SocketAddr = a.parse().expect("listen address");
-            let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+            let ty = if udp { Type::DGRAM } else { Type::STREAM };
+            let sock = Socket::new(Domain::for_address(addr), ty, None).expect("socket");
             if addr.is_ipv6() {
                 // Separate v4 and v6 listeners on the same port.
                 sock.set_only_v6(true).expect("IPV6_V6ONLY");
             }
             sock.set_reuse_address(true).expect("SO_REUSEADDR");
             sock.bind(&addr.into()).expect("bind");
-            sock.listen(16).expect("listen");
+            if !udp {
+                sock.listen(16).expect("listen");
+            }
             sock.set_nonblocking(true).expect("nonblocking");
-            TcpListener::from(sock)
+            (udp, sock)
         })
         .collect();
     let expect: usize = std::env::var(EXPECT)
@@ -48,9 +55,20 @@ pub fn serve() {
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut accepted = 0;
     while accepted < expect && Instant::now() < deadline {
-        for l in &listeners {
-            if let Ok((stream, _)) = l.accept() {
-                let local = l.local_addr().expect("local addr");
+        for (udp, sock) in &listeners {
+            let local = sock
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .expect("local addr");
+            if *udp {
+                let mut buf = [std::mem::MaybeUninit::new(0u8); 512];
+                if sock.recv_from(&mut buf).is_ok() {
+                    println!("UDP {local}");
+                    accepted += 1;
+                }
+            } else if let Ok((stream, _)) = sock.accept() {
+                let stream = TcpStream::from(stream);
                 let orig = original_dst(&stream)
                     .map(|o| o.0.to_string())
                     .unwrap_or_else(|_| "none".into());
@@ -336,7 +354,7 @@ impl Server {
             .lines
             .by_ref()
             .map_while(Result::ok)
-            .filter(|l| l.starts_with("ACCEPT "))
+            .filter(|l| l.starts_with("ACCEPT ") || l.starts_with("UDP "))
             .collect();
         let _ = self.child.wait();
         accepted
@@ -345,7 +363,16 @@ impl Server {
 
 /// Connects from `ns` (optionally as `uid`) to `addr` with bash's /dev/tcp, bounded by 5s.
 pub fn connect(ns: &Netns, host: &str, port: u16, uid: Option<u32>) -> bool {
-    let script = format!("exec 3<>/dev/tcp/{host}/{port} && echo hi >&3");
+    send(ns, "tcp", host, port, uid)
+}
+
+/// Sends one datagram from `ns` (optionally as `uid`) to `host:port`.
+pub fn send_udp(ns: &Netns, host: &str, port: u16, uid: Option<u32>) -> bool {
+    send(ns, "udp", host, port, uid)
+}
+
+fn send(ns: &Netns, proto: &str, host: &str, port: u16, uid: Option<u32>) -> bool {
+    let script = format!("exec 3<>/dev/{proto}/{host}/{port} && echo hi >&3");
     let uid_s = uid.map(|u| u.to_string()).unwrap_or_default();
     let mut cmd: Vec<&str> = Vec::new();
     if uid.is_some() {
