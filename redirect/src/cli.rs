@@ -1,13 +1,17 @@
 //! `petrel redirect`: istio-iptables' flags, so Petrel can replace it in an init container.
 //!
 //! Short flags and long names are istio-iptables' (`-p/--envoy-port`, `-b/--istio-inbound-ports`,
-//! ...), so an existing init container keeps working with only the binary changed. Two of the
-//! brief's letters differ from istio and follow istio: `-c` is *excluded* interfaces and `-k`
-//! is KubeVirt interfaces (inbound treated as outbound); istio has no `-Q`.
+//! ...), so an existing init container keeps working with only the binary changed. As in
+//! istio, `-c` is *excluded* interfaces and `-k` KubeVirt interfaces (inbound treated as
+//! outbound); istio has no `-Q`, so neither does Petrel.
 //!
 //! `--vm` adds the TSF Mesh VM mode: inbound capture only for the app's ports, outbound capture
 //! only for the mesh (the capture range the mesh DNS allocates from, plus the mesh's real
 //! service CIDRs), and DNS capture so that names resolve through the mesh DNS.
+//!
+//! The operator-facing description follows.
+#![doc = include_str!("../docs/capture.md")]
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -46,11 +50,21 @@ pub struct RedirectArgs {
     pub inbound_tunnel_port: String,
 
     /// UID(s) (numbers or user names) whose traffic is never captured: the proxy's [default: 1337].
-    #[arg(short = 'u', long = "proxy-uid", default_value = "")]
+    #[arg(
+        short = 'u',
+        long = "proxy-uid",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub proxy_uid: String,
 
     /// GID(s) whose traffic is never captured [default: the -u values].
-    #[arg(short = 'g', long = "proxy-gid", default_value = "")]
+    #[arg(
+        short = 'g',
+        long = "proxy-gid",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub proxy_gid: String,
 
     /// Inbound interception mode: REDIRECT or TPROXY.
@@ -87,19 +101,39 @@ pub struct RedirectArgs {
     pub inbound_ports: String,
 
     /// Inbound ports never captured; applies with -b "*".
-    #[arg(short = 'd', long = "istio-local-exclude-ports", default_value = "")]
+    #[arg(
+        short = 'd',
+        long = "istio-local-exclude-ports",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub inbound_ports_exclude: String,
 
     /// Outbound CIDRs to capture (comma separated), or "*" for all; empty disables.
-    #[arg(short = 'i', long = "istio-service-cidr", default_value = "")]
+    #[arg(
+        short = 'i',
+        long = "istio-service-cidr",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub outbound_cidrs: String,
 
     /// Outbound CIDRs never captured.
-    #[arg(short = 'x', long = "istio-service-exclude-cidr", default_value = "")]
+    #[arg(
+        short = 'x',
+        long = "istio-service-exclude-cidr",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub outbound_cidrs_exclude: String,
 
     /// Outbound ports captured whatever the destination.
-    #[arg(short = 'q', long = "istio-outbound-ports", default_value = "")]
+    #[arg(
+        short = 'q',
+        long = "istio-outbound-ports",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub outbound_ports_include: String,
 
     /// Outbound ports never captured.
@@ -111,11 +145,21 @@ pub struct RedirectArgs {
     pub outbound_ports_exclude: String,
 
     /// Interfaces whose traffic is never captured, in or out.
-    #[arg(short = 'c', long = "istio-exclude-interfaces", default_value = "")]
+    #[arg(
+        short = 'c',
+        long = "istio-exclude-interfaces",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub exclude_interfaces: String,
 
     /// Interfaces whose inbound traffic is treated as outbound (VMs behind the pod).
-    #[arg(short = 'k', long = "kube-virt-interfaces", default_value = "")]
+    #[arg(
+        short = 'k',
+        long = "kube-virt-interfaces",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub kube_virt_interfaces: String,
 
     /// The proxy's admin port: never captured inbound (added to -d).
@@ -152,7 +196,7 @@ pub struct RedirectArgs {
 
     /// Capture only DNS queries to these resolvers (comma separated IPs) [default: the
     /// nameservers of /etc/resolv.conf, or every destination if it lists none].
-    #[arg(long = "dns-servers", default_value = "")]
+    #[arg(long = "dns-servers", default_value = "", hide_default_value = true)]
     pub dns_servers: String,
 
     /// Local port of the mesh DNS server.
@@ -173,7 +217,7 @@ pub struct RedirectArgs {
     pub vm_capture_cidr: String,
 
     /// VM mode: the mesh's real service CIDRs, captured too (comma separated).
-    #[arg(long = "mesh-cidrs", default_value = "")]
+    #[arg(long = "mesh-cidrs", default_value = "", hide_default_value = true)]
     pub mesh_cidrs: String,
 
     /// Record what was installed here, so a later --cleanup (or the next proxy start) removes
