@@ -96,7 +96,8 @@ pub struct RedirectArgs {
         short = 'b',
         long = "istio-inbound-ports",
         visible_alias = "app-ports",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true
     )]
     pub inbound_ports: String,
 
@@ -140,7 +141,8 @@ pub struct RedirectArgs {
     #[arg(
         short = 'o',
         long = "istio-local-outbound-ports-exclude",
-        default_value = ""
+        default_value = "",
+        hide_default_value = true
     )]
     pub outbound_ports_exclude: String,
 
