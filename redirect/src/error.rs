@@ -23,7 +23,7 @@ pub enum RedirectError {
     /// The backend's binary is not installed or not on `PATH`.
     #[error(
         "`{binary}` was not found: the {backend} backend needs it (install the `{package}` package, \
-         or choose another backend with --backend)"
+         or choose another backend with --backend; --no-ipv6 skips the ip6tables tools)"
     )]
     MissingBinary {
         /// The program that was looked for.

@@ -408,15 +408,25 @@ pub fn cleanup(opts: &ApplyOptions) -> Result<(), RedirectError> {
     match (&state, opts.backend) {
         (Some(s), _) => remove_state(s)?,
         (None, Backend::Auto) => {
+            // Every backend that exists is cleaned; one failing (say, no nf_tables in this
+            // kernel) does not keep the others from being cleaned.
             let mut found = false;
+            let mut failure = None;
             for b in [Backend::IptablesLegacy, Backend::IptablesNft, Backend::Nft] {
                 match remove_rules(b, &both) {
                     Ok(()) => found = true,
                     Err(e) if e.is_missing_binary() => {
                         debug!(backend = %b, "not installed; nothing to clean")
                     }
-                    Err(e) => return Err(e),
+                    Err(e) if e.is_missing_privileges() => return Err(e),
+                    Err(e) => {
+                        warn!(backend = %b, error = %e, "cleanup failed on this backend");
+                        failure = Some(e);
+                    }
                 }
+            }
+            if let (false, Some(e)) = (found, failure) {
+                return Err(e);
             }
             if !found {
                 return Err(RedirectError::MissingBinary {
