@@ -123,6 +123,41 @@ where
     }
 }
 
+/// Runs `scenario` against one kind only, for behaviour where Petrel deliberately differs from
+/// Envoy (e.g. SIGTERM drains instead of dropping in-flight requests). Respects `E2E_PROXIES`;
+/// never skips for a missing Envoy when `kind` is Petrel.
+pub async fn single<F, Fut>(kind: ProxyKind, scenario: F)
+where
+    F: FnOnce(ProxyKind) -> Fut,
+    Fut: Future<Output = anyhow::Result<Observations>>,
+{
+    crate::trace::init();
+    let selected = match std::env::var("E2E_PROXIES") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .any(|s| s.trim().eq_ignore_ascii_case(kind.name())),
+        _ => true,
+    };
+    if !selected {
+        eprintln!("SKIPPED: {kind} not in E2E_PROXIES");
+        return;
+    }
+    if let Err(why) = kind.binary() {
+        if kind == ProxyKind::Envoy {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    }
+    match scenario(kind).await {
+        Ok(obs) => {
+            for (k, v) in obs.entries() {
+                tracing::info!(%kind, "observed {k} = {v}");
+            }
+        }
+        Err(e) => panic!("scenario failed against {kind}: {e:#}"),
+    }
+}
+
 fn assert_same(a: &Observations, b: &Observations) {
     let keys: std::collections::BTreeSet<&String> =
         a.entries.keys().chain(b.entries.keys()).collect();

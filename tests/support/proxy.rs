@@ -277,6 +277,18 @@ pub async fn validate(kind: ProxyKind, bootstrap: &str) -> anyhow::Result<Output
     Ok(out)
 }
 
+/// Runs `kind` with exactly `args` (no base flags, no bootstrap) until it exits, e.g.
+/// `["--version"]` or an unknown flag. Fails if it is still running after [`START_DEADLINE`].
+pub async fn run_cli(kind: ProxyKind, args: &[&str]) -> anyhow::Result<Output> {
+    let bin = kind.binary().map_err(anyhow::Error::msg)?;
+    let mut cmd = tokio::process::Command::new(&bin);
+    cmd.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    tokio::time::timeout(START_DEADLINE, cmd.output())
+        .await
+        .with_context(|| format!("{kind} {args:?} did not exit"))?
+        .with_context(|| format!("running {}", bin.display()))
+}
+
 /// Replaces each `{{key}}` in `template` with its value; other placeholders stay.
 pub fn render(template: &str, vars: &[(&str, &dyn Display)]) -> String {
     vars.iter().fold(template.to_owned(), |acc, (k, v)| {
