@@ -559,3 +559,62 @@ fn vm_mode_captures_only_the_mesh_and_dns_nft() {
     require!("nft");
     vm_mode("nft");
 }
+
+fn tproxy_end_to_end(backend: &str) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (app, peer) = topology(&format!("tp-{backend}"));
+    let state = std::env::temp_dir().join(format!("{}.state", app.0));
+    let state = state.display().to_string();
+    app.redirect(&[
+        "-m",
+        "TPROXY",
+        "-b",
+        "8080",
+        "--ipv6",
+        "--backend",
+        backend,
+        "--state-file",
+        &state,
+    ]);
+    info!("inbound: peer → app:8080 is delivered to the transparent listener, destination kept");
+    let server = Server::start(&app, "tproxy:0.0.0.0:15006,tproxy:[::]:15006", 2);
+    assert!(
+        connect(&peer, "10.77.0.1", 8080, None),
+        "v4 TPROXY connect failed"
+    );
+    assert!(
+        connect(&peer, "fd77::1", 8080, None),
+        "v6 TPROXY connect failed"
+    );
+    let got = server.finish();
+    assert_eq!(
+        got,
+        [
+            "ACCEPT 0.0.0.0:15006 10.77.0.1:8080",
+            "ACCEPT [::]:15006 [fd77::1]:8080"
+        ],
+        "{backend}"
+    );
+    // The policy route is ours only according to the state file.
+    app.redirect(&["--cleanup", "--state-file", &state]);
+    assert!(
+        !app.exec(&["ip", "rule"]).contains("lookup 133"),
+        "policy rule left behind"
+    );
+    assert!(
+        !app.exec(&["ip", "-6", "rule"]).contains("lookup 133"),
+        "policy rule left behind"
+    );
+}
+
+#[test]
+fn tproxy_end_to_end_iptables_legacy() {
+    require!("iptables-legacy-restore", "ip6tables-legacy-restore");
+    tproxy_end_to_end("iptables-legacy");
+}
+
+#[test]
+fn tproxy_end_to_end_nft() {
+    require!("nft");
+    tproxy_end_to_end("nft");
+}

@@ -31,12 +31,25 @@ pub fn serve() {
                 Some(rest) => (true, rest),
                 None => (false, a),
             };
+            let (transparent, a) = match a.strip_prefix("tproxy:") {
+                Some(rest) => (true, rest),
+                None => (false, a),
+            };
             let addr: SocketAddr = a.parse().expect("listen address");
             let ty = if udp { Type::DGRAM } else { Type::STREAM };
             let sock = Socket::new(Domain::for_address(addr), ty, None).expect("socket");
             if addr.is_ipv6() {
                 // Separate v4 and v6 listeners on the same port.
                 sock.set_only_v6(true).expect("IPV6_V6ONLY");
+            }
+            if transparent {
+                // A TPROXY listener accepts connections to addresses that are not its own.
+                let r = if addr.is_ipv6() {
+                    sock.set_ip_transparent_v6(true)
+                } else {
+                    sock.set_ip_transparent_v4(true)
+                };
+                r.expect("IP_TRANSPARENT");
             }
             sock.set_reuse_address(true).expect("SO_REUSEADDR");
             sock.bind(&addr.into()).expect("bind");
@@ -69,8 +82,12 @@ pub fn serve() {
                 }
             } else if let Ok((stream, _)) = sock.accept() {
                 let stream = TcpStream::from(stream);
+                // REDIRECT: conntrack knows the original destination. TPROXY: nothing was
+                // rewritten, the accepted socket's local address is the destination.
                 let orig = original_dst(&stream)
-                    .map(|o| o.0.to_string())
+                    .map(|o| o.0)
+                    .or_else(|_| stream.local_addr())
+                    .map(|a| a.to_string())
                     .unwrap_or_else(|_| "none".into());
                 println!("ACCEPT {local} {orig}");
                 accepted += 1;
