@@ -67,7 +67,7 @@ fn render(flags: &str) -> String {
 
 #[test]
 fn generated_scripts_match_snapshots() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    init();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
     let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
     let mut mismatched = Vec::new();
@@ -93,6 +93,7 @@ fn generated_scripts_match_snapshots() {
 /// The jump rules go in at the head of the built-in chains, never appended.
 #[test]
 fn jumps_are_inserted_at_the_head() {
+    init();
     for (_, flags) in CASES {
         let script = render(flags);
         for line in script.lines() {
@@ -115,6 +116,7 @@ fn jumps_are_inserted_at_the_head() {
 /// The proxy's own traffic is returned before anything could redirect it, in every case.
 #[test]
 fn proxy_owner_returns_before_redirects() {
+    init();
     for (name, flags) in CASES {
         let script = render(flags);
         let nat_v4: Vec<&str> = script
@@ -133,4 +135,8 @@ fn proxy_owner_returns_before_redirects() {
             assert!(owner < r, "{name}: owner RETURN after a redirect");
         }
     }
+}
+
+fn init() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
 }

@@ -15,7 +15,7 @@ fn config(flags: &[&str]) -> Result<redirect::CaptureConfig, RedirectError> {
 
 #[test]
 fn bad_values_name_the_flag_and_value() {
-    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+    init();
     let cases: &[(&[&str], &str, &str)] = &[
         (
             &["-i", "10.0.0.0/33"],
@@ -122,6 +122,7 @@ fn bad_values_name_the_flag_and_value() {
 
 #[test]
 fn clap_rejects_unknown_backend_and_flags() {
+    init();
     for flags in [&["--backend", "ipfw"][..], &["-Q", "80"], &["--bogus"]] {
         let r = RedirectArgs::try_parse_from(
             std::iter::once("petrel-redirect").chain(flags.iter().copied()),
@@ -132,6 +133,7 @@ fn clap_rejects_unknown_backend_and_flags() {
 
 #[test]
 fn defaults_match_istio_iptables() {
+    init();
     let cfg = config(&[]).expect("defaults are valid");
     assert_eq!(cfg.proxy_port, 15001);
     assert_eq!(cfg.inbound_capture_port, 15006);
@@ -146,6 +148,7 @@ fn defaults_match_istio_iptables() {
 
 #[test]
 fn cidrs_are_normalised_and_users_resolved() {
+    init();
     let cfg = config(&["-i", "10.1.2.3/16, fd00::1/8", "-u", "root", "-g", "0"]).expect("valid");
     let OutboundCidrs::Only(cidrs) = &cfg.outbound_cidrs else {
         panic!("expected a list")
@@ -157,6 +160,7 @@ fn cidrs_are_normalised_and_users_resolved() {
 
 #[test]
 fn vm_mode_captures_only_the_mesh_and_dns() {
+    init();
     let host = HostDefaults {
         ipv6: false,
         resolvers: vec!["127.0.0.53".parse::<IpAddr>().expect("ip")],
@@ -189,6 +193,7 @@ fn vm_mode_captures_only_the_mesh_and_dns() {
 
 #[test]
 fn resolv_conf_nameservers_are_parsed() {
+    init();
     let text = "# comment\nsearch svc.cluster.local\nnameserver 10.96.0.10\nnameserver fe80::1%eth0\noptions ndots:5\nnameserver bogus\n";
     let got = redirect::cli::parse_resolv_conf(text);
     assert_eq!(
@@ -198,4 +203,8 @@ fn resolv_conf_nameservers_are_parsed() {
             "fe80::1".parse().expect("ip")
         ]
     );
+}
+
+fn init() {
+    let _ = tracing_subscriber::fmt().with_test_writer().try_init();
 }
