@@ -136,6 +136,21 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / CLK_TCK)
 }
 
+/// Busy time (everything but idle and iowait) of one CPU since boot, from /proc/stat, seconds.
+pub fn cpu_busy_seconds(cpu: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let prefix = format!("cpu{cpu} ");
+    let line = stat.lines().find(|l| l.starts_with(&prefix))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let busy: u64 = v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?;
+    Some(busy as f64 / CLK_TCK)
+}
+
 /// A `Vm*:` line of /proc/PID/status, KiB.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

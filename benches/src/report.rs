@@ -60,6 +60,8 @@ pub struct Row {
     pub idle_rss_kib: Option<f64>,
     /// Proxy peak RSS, KiB.
     pub peak_rss_kib: Option<f64>,
+    /// Foreign load on the proxy core, % of the run.
+    pub foreign_pct: Option<f64>,
     /// First error, when no round succeeded.
     pub error: Option<String>,
 }
@@ -157,6 +159,7 @@ impl Results {
                     cpu_per_10k: m(&|f| f.cpu_per_10k),
                     idle_rss_kib: m(&|f| f.idle_rss_kib.map(|v| v as f64)),
                     peak_rss_kib: m(&|f| f.peak_rss_kib.map(|v| v as f64)),
+                    foreign_pct: m(&|f| f.foreign_pct),
                     error: if ok.is_empty() {
                         recs.iter().find_map(|r| r.error.clone())
                     } else {
@@ -275,8 +278,25 @@ impl Summary {
         let _ = writeln!(
             md,
             "- Proxy alone on CPU 1 with one worker (`--concurrency 1`); load generator and \
-             upstream (one thread) on CPU 0. Loopback only.\n"
+             upstream (one thread) on CPU 0. Loopback only."
         );
+        let noise = |all: bool| -> Vec<f64> {
+            self.rows
+                .values()
+                .filter(|r| all || r.ok > 0)
+                .filter_map(|r| r.foreign_pct)
+                .collect()
+        };
+        if let Some(med) = median(noise(false)) {
+            let worst = noise(true).into_iter().fold(0.0, f64::max);
+            let _ = writeln!(
+                md,
+                "- Noise: other processes kept the proxy's core busy {med:.1}% of the time in the \
+                 median run, {worst:.1}% in the worst (from /proc/stat; the `noise %` column). \
+                 Figures from runs above a few percent are suspect: rerun on a quiet machine."
+            );
+        }
+        md.push('\n');
         self.closed_tables(&mut md);
         self.rate_table(&mut md);
         self.extras_table(&mut md);
@@ -306,8 +326,9 @@ impl Summary {
         for (a, b) in &ratios {
             let _ = write!(head, " {}/{} |", a.title(), b.title());
         }
+        head.push_str(" noise % |");
         let _ = writeln!(md, "{head}");
-        let _ = writeln!(md, "|{}", "---|".repeat(2 + targets.len() + ratios.len()));
+        let _ = writeln!(md, "|{}", "---|".repeat(3 + targets.len() + ratios.len()));
         let tput = |r: Option<&Row>, bulk: bool| -> Option<f64> {
             r.and_then(|r| if bulk { r.gbps } else { r.rps })
         };
@@ -327,6 +348,15 @@ impl Summary {
                     let y = tput(self.row(sc, load, *b), sc.is_bulk());
                     let _ = write!(line, " {} |", ratio(x, y));
                 }
+                let noise = targets
+                    .iter()
+                    .filter_map(|t| self.row(sc, load, *t)?.foreign_pct)
+                    .reduce(f64::max);
+                let _ = write!(
+                    line,
+                    " {} |",
+                    noise.map_or("—".into(), |n| format!("{n:.0}"))
+                );
                 let _ = writeln!(md, "{line}");
             }
         }

@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context as _};
 use serde::{Deserialize, Serialize};
 
 use crate::loadgen::LoadResult;
-use crate::procs::{pinned, wait_until, Proc};
+use crate::procs::{cpu_busy_seconds, pinned, wait_until, Proc};
 use crate::scenario::{
     echo_once, http1_get, read_some, Load, Scenario, Target, FIXED_RATE_CONNS, UPSTREAM_HTTP,
 };
@@ -80,6 +80,9 @@ pub struct Figures {
     pub idle_rss_kib: Option<u64>,
     /// Proxy peak RSS over its life (one run).
     pub peak_rss_kib: Option<u64>,
+    /// Busy time of the proxy's core not spent in the proxy (or, for direct, at all), as a
+    /// percentage of the run: other processes competing for the core the proxy should own.
+    pub foreign_pct: Option<f64>,
 }
 
 /// One run of one target.
@@ -252,6 +255,24 @@ impl Ctx {
         }
     }
 
+    /// [`Ctx::apply`], once more if the load tool hung: h2load occasionally never finishes a
+    /// timed run when a connection was slow to establish; a second hang fails the run.
+    fn apply_retry(
+        &self,
+        sc: Scenario,
+        load: Load,
+        addr: SocketAddr,
+        secs: u64,
+    ) -> anyhow::Result<LoadResult> {
+        match self.apply(sc, load, addr, secs) {
+            Err(e) if format!("{e:#}").contains("timed out after") => {
+                eprintln!("  load tool hung ({e:#}); retrying once");
+                self.apply(sc, load, addr, secs)
+            }
+            other => other,
+        }
+    }
+
     /// One measured run of one target.
     fn run_one(
         &self,
@@ -275,14 +296,22 @@ impl Ctx {
         let idle_rss_kib = proxy.as_ref().and_then(Proc::rss_kib);
         let run = || -> anyhow::Result<Figures> {
             if self.warmup > 0 {
-                self.apply(sc, load, addr, self.warmup).context("warm-up")?;
+                self.apply_retry(sc, load, addr, self.warmup)
+                    .context("warm-up")?;
             }
             let cpu0 = proxy.as_ref().and_then(Proc::cpu_seconds);
-            let load = self.apply(sc, load, addr, self.secs)?;
+            let core0 = cpu_busy_seconds(PROXY_CPU);
+            let load = self.apply_retry(sc, load, addr, self.secs)?;
+            let core1 = cpu_busy_seconds(PROXY_CPU);
             let cpu1 = proxy.as_ref().and_then(Proc::cpu_seconds);
             let peak_rss_kib = proxy.as_ref().and_then(Proc::hwm_kib);
             let cpu_s = cpu0.zip(cpu1).map(|(a, b)| b - a);
+            // Whatever else ran on the proxy's core (other builds, tests): the noise of this run.
+            let core_s = core0.zip(core1).map(|(a, b)| b - a);
+            let foreign_pct = core_s
+                .map(|c| (c - cpu_s.unwrap_or(0.0)).max(0.0) * 100.0 / load.seconds.max(1e-9));
             Ok(Figures {
+                foreign_pct,
                 cpu_per_10k: cpu_s
                     .filter(|_| load.requests > 0)
                     .map(|c| c * 10_000.0 / load.requests as f64),
@@ -456,6 +485,9 @@ pub fn run_plan(
                 );
                 if let Some(c) = f.cpu_per_10k {
                     let _ = write!(line, " cpu {c:.3}s/10k");
+                }
+                if let Some(n) = f.foreign_pct {
+                    let _ = write!(line, " noise {n:.0}%");
                 }
             }
             Err(e) => {

@@ -265,9 +265,9 @@ impl Tools {
     }
 }
 
-/// Every load run gets its duration plus generous slack, then is killed.
+/// Every load run gets its duration plus slack for connecting and reporting, then is killed.
 fn timeout(secs: u64) -> Duration {
-    Duration::from_secs(secs + 30)
+    Duration::from_secs(secs + 15)
 }
 
 /// `command -v NAME`.

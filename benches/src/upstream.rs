@@ -205,7 +205,19 @@ async fn serve_source(mut stream: TcpStream) {
 }
 
 /// Runs [`serve`] on a current-thread runtime (see the module docs for why one thread).
-pub fn run(addrs: UpstreamAddrs) -> anyhow::Result<()> {
+///
+/// With `exit_with_parent`, it also exits once its parent process is gone, so a harness killed
+/// with SIGKILL does not leave the upstream holding its ports.
+pub fn run(addrs: UpstreamAddrs, exit_with_parent: bool) -> anyhow::Result<()> {
+    if exit_with_parent {
+        let parent = std::os::unix::process::parent_id();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(0);
+            }
+        });
+    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

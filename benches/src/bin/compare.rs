@@ -82,6 +82,10 @@ struct Args {
     /// Clusters/routes of the generated big bootstrap (0: skip).
     #[arg(long)]
     clusters: Option<u32>,
+    /// Use the bootstraps in this directory instead of benches/configs/ (experiments only:
+    /// published figures come from benches/configs/).
+    #[arg(long)]
+    configs: Option<PathBuf>,
     /// Where RESULTS.md and plots/ go (default: benches/; --smoke: a temp dir).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -127,7 +131,7 @@ struct LoadgenArgs {
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.cmd {
-        Some(Cmd::Upstream) => upstream::run(upstream_addrs()).map(|()| ExitCode::SUCCESS),
+        Some(Cmd::Upstream) => upstream::run(upstream_addrs(), true).map(|()| ExitCode::SUCCESS),
         Some(Cmd::Loadgen { kind }) => run_loadgen(kind).map(|()| ExitCode::SUCCESS),
         None => compare(&args),
     };
@@ -293,7 +297,10 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
         tools: tools.clone(),
         petrel,
         petrel_missing,
-        configs: benches_dir.join("configs"),
+        configs: args
+            .configs
+            .clone()
+            .unwrap_or_else(|| benches_dir.join("configs")),
         out: out.clone(),
         secs,
         warmup,

@@ -4,5 +4,5 @@
 #![forbid(unsafe_code)]
 
 fn main() -> anyhow::Result<()> {
-    benches::upstream::run(benches::scenario::upstream_addrs())
+    benches::upstream::run(benches::scenario::upstream_addrs(), false)
 }
