@@ -32,6 +32,12 @@ pub struct InvalidTarget {
 /// 5 s; the xDS cluster of a bootstrap usually keeps it.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// TCP keepalive on the xDS connection, so a control plane that vanished without a FIN
+/// (node loss, partition) is noticed and the stream reopened. Istio's bootstrap sets the
+/// same 300 s on its `xds-grpc` cluster. HTTP/2 PINGs are avoided on purpose: gRPC servers
+/// enforce a minimum ping interval and answer faster pings with GOAWAY.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(300);
+
 // === impl XdsTarget ===
 
 impl XdsTarget {
@@ -84,6 +90,7 @@ pub fn connect_channel(target: &XdsTarget) -> Result<Channel, InvalidTarget> {
         XdsTarget::Tcp(uri) => Ok(Endpoint::from(uri.clone())
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
+            .tcp_keepalive(Some(TCP_KEEPALIVE))
             .connect_lazy()),
         XdsTarget::Unix(path) => {
             // The URI only feeds the `:authority` header; Istio's agent ignores it.

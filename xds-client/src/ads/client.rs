@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use super::config::{AdsConfig, AdsMode, Backoff, Interest};
 use super::delta::Delta;
@@ -87,7 +88,12 @@ impl AdsClient {
     /// Follows the control plane until [`AdsHandle::shutdown`] is called. Never fails:
     /// every stream error leads to a backoff and a new stream. Dropping every handle does
     /// not stop the client.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        let span = tracing::info_span!("ads", mode = ?self.mode);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(mut self) {
         let mut attempt = 0u32;
         loop {
             let end = match self.mode {

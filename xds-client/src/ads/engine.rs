@@ -204,6 +204,8 @@ impl Engine {
     pub(crate) fn note_response(&mut self, idx: usize) {
         let t = &mut self.types[idx];
         TypeStats::inc(&t.stats.update_attempt);
+        // The initial fetch is over, even if the type was never requested.
+        t.fetch_started = true;
         t.fetch_deadline = None;
     }
 

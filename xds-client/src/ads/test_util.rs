@@ -1,14 +1,22 @@
 //! A scriptable ADS control plane for tests: a real tonic server implementing
 //! `AggregatedDiscoveryService` (SotW and delta) on loopback TCP or a Unix socket.
 //!
-//! It does nothing on its own: tests push responses with [`TestControlPlane::push_sotw`] /
-//! [`TestControlPlane::push_delta`] (to every open stream of that kind) and inspect every
-//! request received with [`TestControlPlane::requests`] or the `wait_*` helpers.
+//! Two ways to drive it, which can be mixed:
+//! - **scripted**: push exact responses with [`TestControlPlane::push_sotw`] /
+//!   [`TestControlPlane::push_delta`] (to every open stream of that kind);
+//! - **snapshot**: [`TestControlPlane::set_resources`] sets a type's resources at a version;
+//!   the server then answers requests like go-control-plane's cache does (SotW: send when
+//!   the client's version or names differ; delta: send what the client lacks, honouring
+//!   `initial_resource_versions`, and removals), including after reconnects.
+//!
+//! Every request received is recorded: [`TestControlPlane::requests`] and the `wait_*`
+//! helpers inspect them.
 //!
 //! Helpers panic with a description of what was received instead of returning errors:
 //! they are meant for test bodies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,6 +37,12 @@ use tokio_stream::wrappers::{TcpListenerStream, UnboundedReceiverStream, UnixLis
 use tonic::{Request, Response, Status, Streaming};
 
 use super::XdsTarget;
+
+mod sink;
+mod snapshot;
+
+pub use sink::{AppliedUpdate, RecordingSink};
+use snapshot::{DeltaStream, Snapshot, SotwStream};
 
 /// How long the `wait_*` helpers wait before failing the test.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -72,9 +86,11 @@ struct Shared {
 struct State {
     requests: Vec<Recorded>,
     streams_opened: u64,
-    sotw: Vec<mpsc::UnboundedSender<Result<DiscoveryResponse, Status>>>,
-    delta: Vec<mpsc::UnboundedSender<Result<DeltaDiscoveryResponse, Status>>>,
+    sotw: BTreeMap<u64, SotwStream>,
+    delta: BTreeMap<u64, DeltaStream>,
     next_nonce: u64,
+    /// Served automatically (see [`TestControlPlane::set_resources`]).
+    snapshots: BTreeMap<String, Snapshot>,
 }
 
 #[derive(Clone)]
@@ -181,7 +197,8 @@ impl TestControlPlane {
         if response.nonce.is_empty() {
             response.nonce = st.nonce();
         }
-        st.sotw.retain(|tx| tx.send(Ok(response.clone())).is_ok());
+        st.sotw
+            .retain(|_, s| s.tx.send(Ok(response.clone())).is_ok());
         response.nonce
     }
 
@@ -192,19 +209,36 @@ impl TestControlPlane {
         if response.nonce.is_empty() {
             response.nonce = st.nonce();
         }
-        st.delta.retain(|tx| tx.send(Ok(response.clone())).is_ok());
+        st.delta
+            .retain(|_, s| s.tx.send(Ok(response.clone())).is_ok());
         response.nonce
+    }
+
+    /// Snapshot mode: `type_url` now has exactly `resources` at `version`. Every stream that
+    /// asked for the type gets the change (SotW: the full set, filtered by its names;
+    /// delta: what it lacks plus removals), and later requests are answered from it.
+    /// In delta, a resource's version is the snapshot version at which its bytes last changed.
+    pub fn set_resources(&self, type_url: &str, version: &str, resources: Vec<Any>) {
+        let named = resources
+            .into_iter()
+            .map(|any| {
+                let name =
+                    crate::ads::engine::resource_name(&any.value).expect("resource has a name");
+                (name, any)
+            })
+            .collect();
+        self.shared.lock().set_resources(type_url, version, named);
     }
 
     /// Ends every open stream: with `status` as the gRPC error, or cleanly (`None`).
     pub fn close_streams(&self, status: Option<Status>) {
         let mut st = self.shared.lock();
         if let Some(status) = status {
-            for tx in &st.sotw {
-                let _ = tx.send(Err(status.clone()));
+            for s in st.sotw.values() {
+                let _ = s.tx.send(Err(status.clone()));
             }
-            for tx in &st.delta {
-                let _ = tx.send(Err(status.clone()));
+            for s in st.delta.values() {
+                let _ = s.tx.send(Err(status.clone()));
             }
         }
         st.sotw.clear();
@@ -374,7 +408,7 @@ impl Shared {
 }
 
 impl State {
-    fn nonce(&mut self) -> String {
+    pub(super) fn nonce(&mut self) -> String {
         self.next_nonce += 1;
         format!("nonce-{}", self.next_nonce)
     }
@@ -395,11 +429,12 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let stream = self.0.open_stream();
         let (tx, rx) = mpsc::unbounded_channel();
-        self.0.lock().sotw.push(tx);
+        self.0.lock().sotw.insert(stream, SotwStream::new(tx));
         let shared = self.0.clone();
         let mut requests = request.into_inner();
         tokio::spawn(async move {
             while let Ok(Some(request)) = requests.message().await {
+                shared.lock().on_sotw_request(stream, &request);
                 shared.record(Recorded::Sotw { stream, request });
             }
         });
@@ -412,11 +447,12 @@ impl AggregatedDiscoveryService for Service {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let stream = self.0.open_stream();
         let (tx, rx) = mpsc::unbounded_channel();
-        self.0.lock().delta.push(tx);
+        self.0.lock().delta.insert(stream, DeltaStream::new(tx));
         let shared = self.0.clone();
         let mut requests = request.into_inner();
         tokio::spawn(async move {
             while let Ok(Some(request)) = requests.message().await {
+                shared.lock().on_delta_request(stream, &request);
                 shared.record(Recorded::Delta { stream, request });
             }
         });
@@ -467,162 +503,5 @@ pub fn delta_response(
         type_url: type_url.to_string(),
         removed_resources: removed.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
-    }
-}
-
-// === RecordingSink ===
-
-/// A [`ResourceSink`](super::ResourceSink) that records everything it is given and rejects
-/// the resources a test chooses.
-pub struct RecordingSink {
-    state: Mutex<SinkState>,
-    events: watch::Sender<u64>,
-    #[allow(clippy::type_complexity)]
-    reject: Box<dyn Fn(&super::Resource) -> Option<String> + Send + Sync>,
-    #[allow(clippy::type_complexity)]
-    on_apply: Mutex<Option<Box<dyn Fn(&AppliedUpdate) + Send + Sync>>>,
-}
-
-/// An owned copy of a [`ResourceUpdate`](super::ResourceUpdate).
-#[derive(Clone, Debug, PartialEq)]
-pub struct AppliedUpdate {
-    /// See [`ResourceUpdate::type_url`](super::ResourceUpdate::type_url).
-    pub type_url: String,
-    /// See [`ResourceUpdate::version_info`](super::ResourceUpdate::version_info).
-    pub version_info: String,
-    /// See [`ResourceUpdate::resources`](super::ResourceUpdate::resources).
-    pub resources: Vec<super::Resource>,
-    /// See [`ResourceUpdate::removed`](super::ResourceUpdate::removed).
-    pub removed: Vec<String>,
-    /// See [`ResourceUpdate::state_of_the_world`](super::ResourceUpdate::state_of_the_world).
-    pub state_of_the_world: bool,
-}
-
-#[derive(Default)]
-struct SinkState {
-    updates: Vec<AppliedUpdate>,
-    connection: Vec<bool>,
-    fetch_timeouts: Vec<String>,
-}
-
-impl RecordingSink {
-    /// Accepts everything.
-    pub fn new() -> Arc<Self> {
-        Self::rejecting(|_| None)
-    }
-
-    /// Rejects each resource for which `reject` returns a reason.
-    pub fn rejecting(
-        reject: impl Fn(&super::Resource) -> Option<String> + Send + Sync + 'static,
-    ) -> Arc<Self> {
-        Arc::new(RecordingSink {
-            state: Mutex::default(),
-            events: watch::channel(0).0,
-            reject: Box::new(reject),
-            on_apply: Mutex::new(None),
-        })
-    }
-
-    /// Runs `f` inside every `apply` (after recording), e.g. to change subscriptions the
-    /// way a listener update changes RDS names.
-    pub fn on_apply(&self, f: impl Fn(&AppliedUpdate) + Send + Sync + 'static) {
-        *self.on_apply.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(f));
-    }
-
-    fn lock(&self) -> MutexGuard<'_, SinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Every update applied so far.
-    pub fn updates(&self) -> Vec<AppliedUpdate> {
-        self.lock().updates.clone()
-    }
-
-    /// Every connection-state change so far.
-    pub fn connection_changes(&self) -> Vec<bool> {
-        self.lock().connection.clone()
-    }
-
-    /// Type URLs whose initial fetch timed out.
-    pub fn fetch_timeouts(&self) -> Vec<String> {
-        self.lock().fetch_timeouts.clone()
-    }
-
-    /// Waits until an update at index ≥ `from` satisfies `pred`; returns its index and it.
-    pub async fn wait_update(
-        &self,
-        from: usize,
-        pred: impl Fn(&AppliedUpdate) -> bool,
-    ) -> (usize, AppliedUpdate) {
-        let mut events = self.events.subscribe();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some((i, u)) = self
-                .lock()
-                .updates
-                .iter()
-                .enumerate()
-                .skip(from)
-                .find(|(_, u)| pred(u))
-            {
-                return (i, u.clone());
-            }
-            if tokio::time::timeout_at(deadline, events.changed())
-                .await
-                .is_err()
-            {
-                panic!(
-                    "no matching update from index {from} within {WAIT:?}; applied:\n{:#?}",
-                    self.updates()
-                );
-            }
-        }
-    }
-
-    /// Waits until `pred` holds for the sink's recorded state (connection changes, timeouts).
-    pub async fn wait_for(&self, what: &str, pred: impl Fn(&RecordingSink) -> bool) {
-        let mut events = self.events.subscribe();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !pred(self) {
-            if tokio::time::timeout_at(deadline, events.changed())
-                .await
-                .is_err()
-            {
-                panic!("timed out waiting for {what}");
-            }
-        }
-    }
-}
-
-impl super::ResourceSink for RecordingSink {
-    fn apply(&self, update: super::ResourceUpdate<'_>) -> Vec<super::Rejection> {
-        let rejections: Vec<_> = update
-            .resources
-            .iter()
-            .filter_map(|r| (self.reject)(r).map(|why| super::Rejection::new(r.name.clone(), why)))
-            .collect();
-        let owned = AppliedUpdate {
-            type_url: update.type_url.to_string(),
-            version_info: update.version_info.to_string(),
-            resources: update.resources.to_vec(),
-            removed: update.removed.to_vec(),
-            state_of_the_world: update.state_of_the_world,
-        };
-        if let Some(f) = &*self.on_apply.lock().unwrap_or_else(|e| e.into_inner()) {
-            f(&owned);
-        }
-        self.lock().updates.push(owned);
-        self.events.send_modify(|n| *n += 1);
-        rejections
-    }
-
-    fn on_connection_state(&self, connected: bool) {
-        self.lock().connection.push(connected);
-        self.events.send_modify(|n| *n += 1);
-    }
-
-    fn on_initial_fetch_timeout(&self, type_url: &str) {
-        self.lock().fetch_timeouts.push(type_url.to_string());
-        self.events.send_modify(|n| *n += 1);
     }
 }
