@@ -198,3 +198,48 @@ async fn control_plane_down_at_startup_is_retried() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn undecodable_grpc_frames_end_the_stream_not_the_client() {
+    init_tracing();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    info!("a valid HTTP/2 + gRPC server whose messages are not protobuf");
+    let server = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                let mut open = Vec::new();
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    let Ok(mut body) = respond.send_response(head, false) else {
+                        continue;
+                    };
+                    let frame = [0u8, 0, 0, 0, 6, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff];
+                    let _ = body.send_data(bytes::Bytes::copy_from_slice(&frame), false);
+                    open.push(body);
+                }
+            });
+        }
+    });
+    let sink = sink();
+    let channel = connect_channel(&XdsTarget::parse(&format!("http://{addr}")).unwrap()).unwrap();
+    let (client, handle) = AdsClient::new(channel, config(AdsMode::StateOfTheWorld), sink.clone());
+    let task = tokio::spawn(client.run());
+    sink.wait_for("several streams", |s| s.connection_changes().len() >= 4)
+        .await;
+    assert!(!task.is_finished());
+    assert!(sink.updates().is_empty());
+    assert!(handle.stats().stream_failures.load(Ordering::Relaxed) >= 2);
+    handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+    server.abort();
+}

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tracing::Instrument;
 
@@ -119,7 +119,11 @@ impl AdsClient {
             let delay = self.backoff.delay(attempt);
             attempt = attempt.saturating_add(1);
             tracing::warn!(%reason, ?delay, "ADS stream closed; reconnecting");
-            if !self.idle_until(Instant::now() + delay).await {
+            // `Backoff::max` is caller-chosen; saturate rather than overflow.
+            let until = Instant::now()
+                .checked_add(delay)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400));
+            if !self.idle_until(until).await {
                 break;
             }
         }

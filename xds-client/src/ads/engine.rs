@@ -196,7 +196,10 @@ impl Engine {
         t.sent_on_stream = true;
         if !t.fetch_started {
             t.fetch_started = true;
-            t.fetch_deadline = t.initial_fetch_timeout.map(|d| Instant::now() + d);
+            // A timeout too large to represent never fires.
+            t.fetch_deadline = t
+                .initial_fetch_timeout
+                .and_then(|d| Instant::now().checked_add(d));
         }
     }
 
