@@ -81,3 +81,6 @@ pub mod type_url {
     /// The `Resource` envelope a SotW response may wrap resources in.
     pub const RESOURCE_WRAPPER: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
 }
+
+#[cfg(test)]
+mod tests;
