@@ -13,8 +13,11 @@ use super::sotw::Sotw;
 use super::test_util::any;
 use super::*;
 
+/// (version_info, resource names, removed names) of one apply.
+type Applied = (String, Vec<String>, Vec<String>);
+
 #[derive(Default)]
-struct Sink(Mutex<Vec<(String, Vec<String>, Vec<String>)>>);
+struct Sink(Mutex<Vec<Applied>>);
 
 impl ResourceSink for Sink {
     fn apply(&self, u: ResourceUpdate<'_>) -> Vec<Rejection> {
