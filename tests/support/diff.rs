@@ -103,6 +103,7 @@ where
     let mut runs = Vec::new();
     for kind in kinds {
         tracing::info!(%kind, "running scenario");
+        crate::proxy::take_recent_logs();
         match scenario(kind).await {
             Ok(obs) => {
                 assert_eq!(
@@ -115,7 +116,7 @@ where
                 }
                 runs.push(obs);
             }
-            Err(e) => panic!("scenario failed against {kind}: {e:#}"),
+            Err(e) => fail(kind, e),
         }
     }
     if let [reference, candidate] = runs.as_slice() {
@@ -148,14 +149,22 @@ where
             return;
         }
     }
+    crate::proxy::take_recent_logs();
     match scenario(kind).await {
         Ok(obs) => {
             for (k, v) in obs.entries() {
                 tracing::info!(%kind, "observed {k} = {v}");
             }
         }
-        Err(e) => panic!("scenario failed against {kind}: {e:#}"),
+        Err(e) => fail(kind, e),
     }
+}
+
+fn fail(kind: ProxyKind, e: anyhow::Error) -> ! {
+    for tail in crate::proxy::take_recent_logs() {
+        eprintln!("{tail}");
+    }
+    panic!("scenario failed against {kind}: {e:#}")
 }
 
 fn assert_same(a: &Observations, b: &Observations) {

@@ -13,6 +13,7 @@
 //! - [`client`]: HTTP/1.1 and h2c clients that keep one connection, plus raw-bytes exchanges.
 //! - [`diff`]: runs one scenario once per proxy kind and compares what each observed.
 //! - [`wait`]: polling helpers and [`assert_eventually!`].
+//! - [`tls`]: hand-built TLS ClientHello records for `tls_inspector` matching.
 //! - [`trace`]: tracing initialisation for tests.
 //! - [`yaml`]: bootstrap building blocks (clusters, a one-listener HTTP bootstrap).
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod grpc;
 pub mod ports;
 pub mod proxy;
 pub mod tcp;
+pub mod tls;
 pub mod trace;
 pub mod upstream;
 pub mod wait;

@@ -1,11 +1,11 @@
 //! Running a proxy (Envoy or Petrel) on a bootstrap.
 //!
-//! A bootstrap is a template: the support library fills `{{admin_port}}` and every
-//! `{{port:NAME}}` (one fresh loopback port per distinct NAME) before writing it to a private
-//! temp dir, so each test gets its own ports and tests can run in parallel. Fill test-owned values
+//! A bootstrap is a template: the support library fills `{{admin_port}}`, every
+//! `{{port:NAME}}` (one fresh loopback port per distinct NAME) and `{{dir}}` (the proxy's private
+//! temp dir, for access logs and unix sockets) before writing it to that dir, so each test gets its own ports and tests can run in parallel. Fill test-owned values
 //! such as upstream ports first with [`render`]. Both kinds get the same command line:
-//! `-c <file> --concurrency 1 --disable-hot-restart --use-dynamic-base-id <extra>` — Petrel must
-//! accept Envoy's flags as a drop-in.
+//! `-c <file> --concurrency 1 --disable-hot-restart --use-dynamic-base-id [-l $E2E_LOG_LEVEL]
+//! <extra>` — Petrel must accept Envoy's flags as a drop-in.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -56,7 +56,7 @@ impl Proxy {
         let dir = temp_dir(kind)?;
         let admin_port = free_port();
         let mut ports = BTreeMap::new();
-        let yaml = fill_ports(bootstrap, admin_port, &mut ports)?;
+        let yaml = fill_ports(bootstrap, admin_port, &dir, &mut ports)?;
         let config = dir.join("bootstrap.yaml");
         fs::write(&config, &yaml)?;
         let log = dir.join("proxy.log");
@@ -64,10 +64,12 @@ impl Proxy {
         let err = out.try_clone()?;
 
         let mut cmd = Command::new(&bin);
-        cmd.arg("-c")
-            .arg(&config)
-            .args(base_args())
-            .args(extra_args)
+        cmd.arg("-c").arg(&config).args(base_args());
+        // E2E_LOG_LEVEL=debug turns up both proxies' logs for a failing run.
+        if let Ok(level) = std::env::var("E2E_LOG_LEVEL") {
+            cmd.args(["-l", &level]);
+        }
+        cmd.args(extra_args)
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(out)
@@ -150,6 +152,11 @@ impl Proxy {
     /// Child PID (while running).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// The proxy's private temp dir (`{{dir}}` in the bootstrap).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The bootstrap file as written.
@@ -240,10 +247,27 @@ impl Drop for Proxy {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tail());
             eprintln!("kept {} for inspection", self.dir.display());
-        } else if std::env::var_os("E2E_KEEP_TMP").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            // The scenario may still fail with an `Err` after this drop; keep the tail so the
+            // runner can show it (see `take_recent_logs`).
+            let tail = self.log_tail();
+            RECENT_LOGS.with(|r| r.borrow_mut().push(tail));
+            if std::env::var_os("E2E_KEEP_TMP").is_none() {
+                let _ = fs::remove_dir_all(&self.dir);
+            }
         }
     }
+}
+
+thread_local! {
+    /// Log tails of proxies dropped on this (test) thread without a panic.
+    static RECENT_LOGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Takes the log tails of proxies that were dropped on this thread since the last call. A
+/// scenario that fails by returning `Err` has already dropped its proxy; the runner prints these.
+pub fn take_recent_logs() -> Vec<String> {
+    RECENT_LOGS.with(|r| std::mem::take(&mut *r.borrow_mut()))
 }
 
 /// Flags passed to both proxies before the test's own.
@@ -261,7 +285,7 @@ pub async fn validate(kind: ProxyKind, bootstrap: &str) -> anyhow::Result<Output
     let bin = kind.binary().map_err(anyhow::Error::msg)?;
     let dir = temp_dir(kind)?;
     let mut ports = BTreeMap::new();
-    let yaml = fill_ports(bootstrap, free_port(), &mut ports)?;
+    let yaml = fill_ports(bootstrap, free_port(), &dir, &mut ports)?;
     let config = dir.join("bootstrap.yaml");
     fs::write(&config, yaml)?;
     let mut cmd = tokio::process::Command::new(&bin);
@@ -296,10 +320,11 @@ pub fn render(template: &str, vars: &[(&str, &dyn Display)]) -> String {
     })
 }
 
-/// Fills `{{admin_port}}` and `{{port:NAME}}`; any other placeholder is a test bug.
+/// Fills `{{admin_port}}`, `{{port:NAME}}` and `{{dir}}`; any other placeholder is a test bug.
 fn fill_ports(
     template: &str,
     admin_port: u16,
+    dir: &Path,
     ports: &mut BTreeMap<String, u16>,
 ) -> anyhow::Result<String> {
     let mut out = String::with_capacity(template.len());
@@ -310,14 +335,16 @@ fn fill_ports(
             .find("}}")
             .with_context(|| format!("unterminated placeholder at {:?}", &rest[start..]))?;
         let key = rest[start + 2..start + end].trim();
-        let port = if key == "admin_port" {
-            admin_port
+        if key == "dir" {
+            out.push_str(&dir.display().to_string());
+        } else if key == "admin_port" {
+            out.push_str(&admin_port.to_string());
         } else if let Some(name) = key.strip_prefix("port:") {
-            *ports.entry(name.to_owned()).or_insert_with(free_port)
+            let port = *ports.entry(name.to_owned()).or_insert_with(free_port);
+            out.push_str(&port.to_string());
         } else {
             anyhow::bail!("unfilled placeholder {{{{{key}}}}} in bootstrap (use render() first)");
-        };
-        out.push_str(&port.to_string());
+        }
         rest = &rest[start + end + 2..];
     }
     out.push_str(rest);

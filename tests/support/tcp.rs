@@ -90,3 +90,27 @@ pub async fn roundtrip(addr: SocketAddr, payload: &[u8]) -> anyhow::Result<Vec<u
     .await
     .context("TCP roundtrip timed out")?
 }
+
+/// From a chosen local (source) IP such as `127.0.0.2`: connects to `addr`, sends `payload` and
+/// reads back exactly as many bytes, without half-closing first (a listener filter such as
+/// `tls_inspector` treats an early FIN as a reason to drop the connection).
+pub async fn echo_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    payload: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let mut s = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr} from {source}"))?;
+        s.write_all(payload).await?;
+        let mut out = vec![0u8; payload.len()];
+        s.read_exact(&mut out).await.context("reading the echo")?;
+        Ok(out)
+    })
+    .await
+    .context("TCP echo timed out")?
+}
