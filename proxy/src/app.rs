@@ -114,7 +114,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     let bootstrap_json =
         xds_client::decode::to_json(&bootstrap, "envoy.config.bootstrap.v3.Bootstrap");
     let shared = Arc::new(Shared::new(stats.clone(), bootstrap_json, node_ids));
-    let state = stats.gauge("server.state");
+    // Lifecycle state; the `server.state` stat is derived from it (and from
+    // /healthcheck/fail) when read.
+    let state = crate::stats::Gauge::detached();
+    stats.gauge("server.state").set(2);
     state.set(2); // PRE_INITIALIZING
     stats.gauge("server.live").set(0);
     stats.gauge("server.concurrency").set(workers as i64);
@@ -251,12 +254,27 @@ fn run(args: Args) -> anyhow::Result<()> {
                 _ = sigterm.recv() => break,
                 _ = tokio::signal::ctrl_c() => break,
                 _ = quit_rx.recv() => break,
-                Some((inbound_only, _graceful)) = drain_rx.recv() => {
-                    for (l, stop) in &stops {
-                        if !inbound_only || l.inbound {
+                Some((inbound_only, graceful)) = drain_rx.recv() => {
+                    // Envoy's /drain_listeners: listeners stop accepting and their existing
+                    // connections are asked to close (HTTP/1 `connection: close`, HTTP/2 GOAWAY)
+                    // as requests finish. The drain signal is process-wide, so with
+                    // `inboundonly` outbound connections are encouraged to close too.
+                    // With `graceful`, listeners keep accepting for the drain time (every
+                    // response asking the client to close), then stop.
+                    state.set(1);
+                    shared.start_drain();
+                    let selected: Vec<_> = stops
+                        .iter()
+                        .filter(|(l, _)| !inbound_only || l.inbound)
+                        .map(|(_, stop)| stop.clone())
+                        .collect();
+                    let delay = if graceful { Duration::from_secs(args.drain_time_s) } else { Duration::ZERO };
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        for stop in selected {
                             stop.send_replace(true);
                         }
-                    }
+                    });
                 }
             }
         }

@@ -115,6 +115,9 @@ impl TcpProxy {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
                 debug!(host = %host.addr, "tcp_proxy connect failed: {e}");
+                host.stats
+                    .cx_connect_fail
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 cluster.stats.upstream_cx_connect_fail.inc();
                 return;
             }
@@ -125,6 +128,7 @@ impl TcpProxy {
             }
         };
         let _active = crate::stats::GaugeGuard::new(&cluster.stats.upstream_cx_active);
+        let _host_cx = crate::upstream::HostCx::new(&host);
         let result = match upstream {
             Upstream::Tcp(mut u) => pump(&mut downstream, &mut u, self.idle_timeout).await,
             Upstream::Unix(mut u) => pump(&mut downstream, &mut u, self.idle_timeout).await,

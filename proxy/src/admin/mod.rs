@@ -111,6 +111,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Envoy's server state: a failed health check reports DRAINING (as Envoy's
+/// `Utility::serverState` does) without changing the underlying lifecycle state.
+fn server_state(ctx: &AdminCtx) -> i64 {
+    let s = ctx.state.get();
+    if s == 0 && ctx.shared.health_failed.load(Ordering::Relaxed) {
+        1
+    } else {
+        s
+    }
+}
+
 fn state_name(v: i64) -> &'static str {
     match v {
         0 => "LIVE",
@@ -143,21 +154,25 @@ fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Resp {
     let shared = &ctx.shared;
     match path.as_str() {
         "/ready" => {
-            let state = ctx.state.get();
+            let state = server_state(ctx);
             let status = if state == 0 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
             text(status, format!("{}\n", state_name(state)))
         }
         "/server_info" => json_resp(json!({
             "version": format!("petrel/{}/Clean/RELEASE", env!("CARGO_PKG_VERSION")),
-            "state": state_name(ctx.state.get()),
+            "state": state_name(server_state(ctx)),
             "hot_restart_version": "disabled",
+            "hot_restart_initializing": false,
             "command_line_options": ctx.command_line,
             "node": {"id": shared.node.0, "cluster": shared.node.1},
             "uptime_current_epoch": format!("{}s", shared.started.elapsed().as_secs()),
             "uptime_all_epochs": format!("{}s", shared.started.elapsed().as_secs()),
         })),
         "/stats" => stats(ctx, &q),
-        "/stats/prometheus" => text(StatusCode::OK, prometheus::render(&shared.stats.snapshot(), q.contains_key("usedonly"))),
+        "/stats/prometheus" => {
+            refresh_server_gauges(ctx);
+            text(StatusCode::OK, prometheus::render(&shared.stats.snapshot(), q.contains_key("usedonly")))
+        }
         "/config_dump" => json_resp(config_dump(shared, &q)),
         "/clusters" => clusters(shared, &q),
         "/listeners" => listeners(shared, &q),
@@ -208,9 +223,17 @@ fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Resp {
     }
 }
 
+/// `server.state` reflects the health-check override; it is computed when stats are read.
+fn refresh_server_gauges(ctx: &AdminCtx) {
+    ctx.shared
+        .stats
+        .gauge("server.state")
+        .set(server_state(ctx));
+}
+
 fn stats(ctx: &AdminCtx, q: &HashMap<String, String>) -> Resp {
     let shared = &ctx.shared;
-    // Gauges computed at read time, as Envoy does for uptime.
+    refresh_server_gauges(ctx);
     shared
         .stats
         .gauge("server.uptime")
@@ -281,10 +304,35 @@ fn config_dump(shared: &Shared, q: &HashMap<String, String>) -> serde_json::Valu
             json!({"listener": l, "last_updated": now})
         })
         .collect();
+    let mut routes = Vec::new();
+    for l in sr["listeners"].as_array().into_iter().flatten() {
+        for fc in l["filter_chains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(l.get("default_filter_chain"))
+        {
+            for f in fc["filters"].as_array().into_iter().flatten() {
+                if let Some(rc) = f["typed_config"].get("route_config") {
+                    let mut rc = rc.clone();
+                    if let Some(o) = rc.as_object_mut() {
+                        o.insert(
+                            "@type".into(),
+                            json!("type.googleapis.com/envoy.config.route.v3.RouteConfiguration"),
+                        );
+                    }
+                    routes.push(json!({"route_config": rc, "last_updated": now}));
+                }
+            }
+        }
+    }
     let mut configs = vec![
         json!({"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": b, "last_updated": now}),
         json!({"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters}),
         json!({"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump"}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": routes}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"}),
     ];
     if let Some(resource) = q.get("resource") {
         // `?resource=static_clusters`: the named repeated field of the matching dumps.
@@ -317,10 +365,9 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
                     .map(|h| {
                         json!({
                             "address": {"socket_address": {"address": h.addr.to_string()}},
-                            "stats": [
-                                {"name": "rq_active", "value": h.active_rq.load(Ordering::Relaxed), "type": "GAUGE"},
-                                {"name": "rq_total", "value": h.rq_total.load(Ordering::Relaxed)},
-                            ],
+                            "stats": h.stats.render(h.active_rq.load(Ordering::Relaxed)).iter()
+                                .map(|(k, v)| json!({"name": k, "value": v}))
+                                .collect::<Vec<_>>(),
                             "health_status": {"eds_health_status": "HEALTHY"},
                             "weight": h.weight,
                             "hostname": &*h.hostname,
@@ -346,14 +393,9 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
         out.push_str(&format!("{n}::added_via_api::false\n"));
         for h in c.hosts.load().hosts.iter() {
             let a = h.addr.to_string();
-            out.push_str(&format!(
-                "{n}::{a}::rq_active::{}\n",
-                h.active_rq.load(Ordering::Relaxed)
-            ));
-            out.push_str(&format!(
-                "{n}::{a}::rq_total::{}\n",
-                h.rq_total.load(Ordering::Relaxed)
-            ));
+            for (k, v) in h.stats.render(h.active_rq.load(Ordering::Relaxed)) {
+                out.push_str(&format!("{n}::{a}::{k}::{v}\n"));
+            }
             out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
             out.push_str(&format!("{n}::{a}::health_flags::healthy\n"));
             out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));

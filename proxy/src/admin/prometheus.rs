@@ -45,8 +45,9 @@ pub fn render(stats: &[StatValue], used_only: bool) -> String {
     let mut groups: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
     for s in stats.iter().filter(|s| !used_only || s.used) {
         let (name, labels) = convert(&s.name);
+        // Envoy writes `{}` even for metrics without labels (`envoy_server_state{} 0`).
         let labels = if labels.is_empty() {
-            String::new()
+            "{}".to_string()
         } else {
             let inner: Vec<String> = labels
                 .iter()

@@ -91,7 +91,7 @@ pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster
             ));
         }
     }
-    let protocol = protocol(c, path)?;
+    let (protocol, header_case) = protocol(c, path)?;
     let bind = match &c.upstream_bind_config {
         Some(b) => {
             match &b.source_address {
@@ -271,6 +271,7 @@ pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster
         discovery,
         connect_timeout,
         protocol,
+        header_case,
         lb,
         hosts: ArcSwap::from_pointee(HostSet::default()),
         rr: AtomicUsize::new(rand::random::<u16>() as usize),
@@ -282,9 +283,16 @@ pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster
     Ok(cluster)
 }
 
-fn protocol(c: &XdsCluster, path: &str) -> Result<UpstreamProtocol, ConfigError> {
+fn protocol(
+    c: &XdsCluster,
+    path: &str,
+) -> Result<(UpstreamProtocol, super::HeaderCase), ConfigError> {
     use http_protocol_options::explicit_http_config::ProtocolConfig;
     use http_protocol_options::UpstreamProtocolOptions as U;
+    let mut case = super::header_case(
+        c.http_protocol_options.as_ref(),
+        &format!("{path}.http_protocol_options"),
+    )?;
     let mut proto = if c.http2_protocol_options.is_some() {
         UpstreamProtocol::Http2
     } else {
@@ -302,7 +310,13 @@ fn protocol(c: &XdsCluster, path: &str) -> Result<UpstreamProtocol, ConfigError>
         proto = match opts.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
-                Some(ProtocolConfig::HttpProtocolOptions(_)) => UpstreamProtocol::Http1,
+                Some(ProtocolConfig::HttpProtocolOptions(h1)) => {
+                    case = super::header_case(
+                        Some(&h1),
+                        &format!("{opath}.explicit_http_config.http_protocol_options"),
+                    )?;
+                    UpstreamProtocol::Http1
+                }
                 Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
                     return Err(ConfigError::new(
                         format!("{opath}.explicit_http_config"),
@@ -316,7 +330,13 @@ fn protocol(c: &XdsCluster, path: &str) -> Result<UpstreamProtocol, ConfigError>
                     ))
                 }
             },
-            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::UseDownstream,
+            Some(U::UseDownstreamProtocolConfig(d)) => {
+                case = super::header_case(
+                    d.http_protocol_options.as_ref(),
+                    &format!("{opath}.use_downstream_protocol_config.http_protocol_options"),
+                )?;
+                UpstreamProtocol::UseDownstream
+            }
             Some(U::AutoConfig(_)) => {
                 return Err(ConfigError::new(
                     format!("{opath}.auto_config"),
@@ -329,5 +349,5 @@ fn protocol(c: &XdsCluster, path: &str) -> Result<UpstreamProtocol, ConfigError>
     if c.protocol_selection == cluster::ClusterProtocolSelection::UseDownstreamProtocol as i32 {
         proto = UpstreamProtocol::UseDownstream;
     }
-    Ok(proto)
+    Ok((proto, case))
 }

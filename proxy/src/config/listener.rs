@@ -433,6 +433,14 @@ fn hcm(c: &HttpConnectionManager, path: &str, stats: &Stats) -> Result<HttpConnM
         generate_request_id: c.generate_request_id.as_ref().is_none_or(|b| b.value),
         use_remote_address: c.use_remote_address.as_ref().is_some_and(|b| b.value),
         upgrades,
+        header_case: super::header_case(
+            c.http_protocol_options.as_ref(),
+            &format!("{path}.http_protocol_options"),
+        )?,
+        accept_http_10: c
+            .http_protocol_options
+            .as_ref()
+            .is_some_and(|o| o.accept_http_10),
         suppress_envoy_headers: router.suppress_envoy_headers,
         stats: HttpStats::new(stats, &c.stat_prefix),
     })

@@ -44,6 +44,53 @@ pub(crate) fn duration(d: &PbDuration, path: &str) -> Result<Duration, ConfigErr
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// How HTTP/1 header names are written (`http_protocol_options.header_key_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderCase {
+    /// Lower-case (Envoy's default).
+    #[default]
+    Lower,
+    /// `Proper-Case-Words`.
+    Title,
+    /// As received (the `preserve_case` stateful formatter).
+    Preserve,
+}
+
+const PRESERVE_CASE: &str =
+    "envoy.extensions.http.header_formatters.preserve_case.v3.PreserveCaseFormatterConfig";
+
+/// Reads `header_key_format` from HTTP/1 protocol options.
+pub(crate) fn header_case(
+    opts: Option<&envoy_types::pb::envoy::config::core::v3::Http1ProtocolOptions>,
+    path: &str,
+) -> Result<HeaderCase, ConfigError> {
+    use envoy_types::pb::envoy::config::core::v3::http1_protocol_options::header_key_format::HeaderFormat;
+    let Some(fmt) = opts.and_then(|o| o.header_key_format.as_ref()) else {
+        return Ok(HeaderCase::Lower);
+    };
+    match &fmt.header_format {
+        Some(HeaderFormat::ProperCaseWords(_)) => Ok(HeaderCase::Title),
+        Some(HeaderFormat::StatefulFormatter(ext)) => {
+            let ty = ext
+                .typed_config
+                .as_ref()
+                .map(|a| xds_client::decode::type_name(&a.type_url));
+            if ty == Some(PRESERVE_CASE) {
+                Ok(HeaderCase::Preserve)
+            } else {
+                Err(ConfigError::new(
+                    format!("{path}.header_key_format.stateful_formatter"),
+                    format!(
+                        "{} is not supported",
+                        ty.unwrap_or("(missing typed_config)")
+                    ),
+                ))
+            }
+        }
+        None => Ok(HeaderCase::Lower),
+    }
+}
+
 /// Decodes a typed_config `Any` into `M`, naming the path on failure.
 pub(crate) fn unpack<M: prost::Message + Default>(
     any: &envoy_types::pb::google::protobuf::Any,

@@ -93,8 +93,8 @@ pub fn local_reply(status: StatusCode, body: &'static str, grpc: bool) -> Respon
         );
         h.insert("grpc-status", HeaderValue::from(grpc_status(status)));
         if !body.is_empty() {
-            // grpc-message is percent-encoded; local reply texts are plain ASCII with spaces.
-            if let Ok(v) = HeaderValue::from_str(&body.replace('%', "%25").replace(' ', "%20")) {
+            // Envoy sends local reply texts in grpc-message unencoded; so do we.
+            if let Ok(v) = HeaderValue::from_str(body) {
                 h.insert("grpc-message", v);
             }
         }

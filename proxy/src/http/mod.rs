@@ -1,6 +1,7 @@
 //! `envoy.filters.network.http_connection_manager`: serve HTTP/1.1 and h2c downstream
 //! connections with hyper and route each request (see `router`).
 pub mod access_log;
+mod date;
 pub mod flags;
 mod router;
 
@@ -63,6 +64,10 @@ pub struct HttpConnMgr {
     pub use_remote_address: bool,
     /// Upgrade types enabled on this connection manager (lower-case).
     pub upgrades: Vec<String>,
+    /// How HTTP/1 header names are read (Preserve records the client's case).
+    pub header_case: crate::config::HeaderCase,
+    /// `accept_http_10`.
+    pub accept_http_10: bool,
     /// Router's `suppress_envoy_headers`.
     pub suppress_envoy_headers: bool,
     /// Stats.
@@ -143,6 +148,9 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub conn: Accepted,
     counted_protocol: AtomicBool,
+    /// Set (and `first_request` notified) when the first request arrives.
+    saw_request: AtomicBool,
+    first_request: tokio::sync::Notify,
 }
 
 // === impl HttpConnMgr ===
@@ -161,14 +169,21 @@ impl HttpConnMgr {
             shared,
             conn,
             counted_protocol: AtomicBool::new(false),
+            saw_request: AtomicBool::new(false),
+            first_request: tokio::sync::Notify::new(),
         });
+        let conn_ctx = ctx.clone();
         let svc = service_fn(move |req| {
             let ctx = ctx.clone();
             async move { Ok::<_, Infallible>(router::handle(ctx, req).await) }
         });
         let io = TokioIo::new(stream);
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().preserve_header_case(true).keep_alive(true);
+        builder
+            .http1()
+            .preserve_header_case(self.header_case == crate::config::HeaderCase::Preserve)
+            .title_case_headers(self.header_case == crate::config::HeaderCase::Title)
+            .keep_alive(true);
         builder
             .http2()
             .initial_stream_window_size(16 * 1024 * 1024)
@@ -182,7 +197,17 @@ impl HttpConnMgr {
         tokio::pin!(conn);
         let result = tokio::select! {
             res = conn.as_mut() => res,
-            _ = drained(&mut drain) => {
+            _ = drained(&mut drain) => 'drain: {
+                // A connection accepted during the drain window still has its first request
+                // served (answered with `connection: close`, as Envoy does); shutting it down
+                // before that would reset a client that did nothing wrong.
+                let first = conn_ctx.first_request.notified();
+                if !conn_ctx.saw_request.load(Ordering::Acquire) {
+                    tokio::select! {
+                        res = conn.as_mut() => break 'drain res,
+                        _ = first => {}
+                    }
+                }
                 // Draining: finish in-flight requests, close keep-alive connections (HTTP/1
                 // `connection: close`, HTTP/2 GOAWAY).
                 conn.as_mut().graceful_shutdown();
@@ -204,6 +229,9 @@ impl HttpConnMgr {
 
 impl ConnCtx {
     fn count_protocol(&self, h2: bool) {
+        if !self.saw_request.swap(true, Ordering::AcqRel) {
+            self.first_request.notify_waiters();
+        }
         if !self.counted_protocol.swap(true, Ordering::Relaxed) {
             if h2 {
                 self.hcm.stats.downstream_cx_http2_total.inc();

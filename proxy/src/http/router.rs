@@ -28,6 +28,7 @@ static X_ENVOY_EXPECTED_TIMEOUT: HeaderName =
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
 static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
+static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
 static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -55,7 +56,9 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
         Err(reply) => (reply, None),
     };
 
-    // Response headers every reply gets.
+    // Response headers every reply gets: Envoy sets `date` itself (overwriting the
+    // upstream's), then `server`.
+    resp.headers_mut().insert(header::DATE, super::date::now());
     match hcm.server_header {
         super::ServerHeader::Overwrite => {
             resp.headers_mut()
@@ -68,6 +71,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
             }
         }
         super::ServerHeader::PassThrough => {}
+    }
+    // While draining, ask HTTP/1 clients to close after this response (Envoy does the same).
+    if !h2 && ctx.shared.draining() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     stats.charge(resp.status());
     stats.downstream_rq_completed.inc();
@@ -108,7 +116,9 @@ async fn route_and_forward(
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
 
     // HTTP/1.0 is refused as Envoy does by default (accept_http_10: false).
-    if req.version() == Version::HTTP_10 || req.version() == Version::HTTP_09 {
+    if (req.version() == Version::HTTP_10 && !hcm.accept_http_10)
+        || req.version() == Version::HTTP_09
+    {
         flags.insert(Flags::DOWNSTREAM_PROTOCOL_ERROR);
         return Err(local_reply(StatusCode::UPGRADE_REQUIRED, "", false));
     }
@@ -264,6 +274,10 @@ async fn route_and_forward(
         .timeout
         .map(|t| tokio::time::Instant::from_std(start) + t);
     cluster.stats.upstream_rq_total.inc();
+    upstream_host
+        .stats
+        .rq_total
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let _rq_active = GaugeGuard::new(&cluster.stats.upstream_rq_active);
     upstream_host
         .active_rq
@@ -306,7 +320,7 @@ async fn route_and_forward(
                 ),
                 Failure::Connect(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused",
+                    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
                     Flags::UPSTREAM_CONNECTION_FAILURE,
                 ),
                 Failure::Reset(_) => (
@@ -316,6 +330,7 @@ async fn route_and_forward(
                 ),
                 Failure::Timeout => {
                     cluster.stats.upstream_rq_timeout.inc();
+                    upstream_host.stats.rq_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", Flags::UPSTREAM_REQUEST_TIMEOUT)
                 }
             };
@@ -333,9 +348,14 @@ async fn route_and_forward(
     };
 
     cluster.stats.charge_code(resp.status().as_u16());
-    upstream_host
-        .rq_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let hs = &upstream_host.stats;
+    if resp.status().is_server_error() {
+        hs.rq_error
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    } else {
+        hs.rq_success
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 
     // A successful upgrade: splice the two upgraded connections together.
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -525,6 +545,12 @@ fn prepare_request(
         }
     }
 
+    if new_host.is_some() && !hcm.suppress_envoy_headers {
+        let original = original_authority(req, host);
+        if let Ok(v) = HeaderValue::from_str(&original) {
+            req.headers_mut().insert(&X_ENVOY_ORIGINAL_HOST, v);
+        }
+    }
     let authority = new_host
         .as_ref()
         .and_then(|v| v.to_str().ok())

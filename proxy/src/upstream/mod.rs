@@ -76,10 +76,58 @@ pub struct Host {
     pub weight: u32,
     /// Requests in flight (least-request LB, `/clusters`).
     pub active_rq: AtomicU64,
-    /// Completed requests by class, for `/clusters`.
-    pub rq_total: AtomicU64,
+    /// Per-host counters shown by `/clusters`.
+    pub stats: HostStats,
     /// Connection pool.
     pub pool: pool::HostPool,
+}
+
+/// Per-host counters, as Envoy's `/clusters` lists them.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    pub cx_total: AtomicU64,
+    pub cx_active: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub rq_total: AtomicU64,
+    pub rq_success: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub rq_timeout: AtomicU64,
+}
+
+impl HostStats {
+    /// `(name, value)` pairs in Envoy's `/clusters` order (rq_active is the host's gauge).
+    pub fn render(&self, rq_active: u64) -> [(&'static str, u64); 8] {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        [
+            ("cx_active", g(&self.cx_active)),
+            ("cx_connect_fail", g(&self.cx_connect_fail)),
+            ("cx_total", g(&self.cx_total)),
+            ("rq_active", rq_active),
+            ("rq_error", g(&self.rq_error)),
+            ("rq_success", g(&self.rq_success)),
+            ("rq_timeout", g(&self.rq_timeout)),
+            ("rq_total", g(&self.rq_total)),
+        ]
+    }
+}
+
+/// Counts an open connection to a host until dropped.
+#[derive(Debug)]
+pub struct HostCx(Arc<Host>);
+
+impl HostCx {
+    /// Counts a new connection to `host`.
+    pub fn new(host: &Arc<Host>) -> Self {
+        host.stats.cx_total.fetch_add(1, Ordering::Relaxed);
+        host.stats.cx_active.fetch_add(1, Ordering::Relaxed);
+        HostCx(host.clone())
+    }
+}
+
+impl Drop for HostCx {
+    fn drop(&mut self) {
+        self.0.stats.cx_active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The hosts a cluster balances over; replaced as a whole.
@@ -137,6 +185,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// Upstream HTTP protocol.
     pub protocol: UpstreamProtocol,
+    /// How HTTP/1 header names are written upstream.
+    pub header_case: crate::config::HeaderCase,
     /// Load balancer.
     pub lb: LbPolicy,
     /// Current healthy hosts.
@@ -161,7 +211,7 @@ impl Host {
             hostname,
             weight: weight.max(1),
             active_rq: AtomicU64::new(0),
-            rq_total: AtomicU64::new(0),
+            stats: HostStats::default(),
             pool: pool::HostPool::default(),
         }
     }

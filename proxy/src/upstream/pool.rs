@@ -39,21 +39,27 @@ pub enum Sender {
 #[derive(Debug, Default)]
 pub struct HostPool {
     h1_idle: Mutex<Vec<http1::SendRequest<ReqBody>>>,
-    h2: Mutex<Option<http2::SendRequest<ReqBody>>>,
+    /// The shared HTTP/2 connection, or the one attempt to make it that every request
+    /// arriving meanwhile waits on (Envoy queues such requests as pending streams rather
+    /// than opening one connection each).
+    h2: Mutex<Option<Arc<H2Slot>>>,
 }
 
-/// Why no upstream connection could be used.
-#[derive(Debug, thiserror::Error)]
+type H2Slot = tokio::sync::OnceCell<Result<http2::SendRequest<ReqBody>, ConnectError>>;
+
+/// Why no upstream connection could be used. Cheap to clone: one failed HTTP/2 connect
+/// fails every request that was waiting for it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
     /// The connect attempt failed (refused, unreachable, ...).
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(Arc<io::Error>),
     /// `connect_timeout` elapsed.
     #[error("connection timeout")]
     Timeout,
     /// The HTTP handshake failed.
     #[error("handshake: {0}")]
-    Handshake(hyper::Error),
+    Handshake(Arc<hyper::Error>),
 }
 
 // === impl HostPool ===
@@ -67,15 +73,27 @@ impl HostPool {
         h2: bool,
     ) -> Result<Sender, ConnectError> {
         if h2 {
-            let existing = lock(&self.h2).clone();
-            if let Some(mut s) = existing {
-                if !s.is_closed() && s.ready().await.is_ok() {
-                    return Ok(Sender::H2(s));
+            // Two rounds: a cached connection may turn out closed, then one fresh attempt.
+            for _ in 0..2 {
+                let slot = lock(&self.h2).get_or_insert_with(Default::default).clone();
+                let res = slot.get_or_init(|| connect_h2(host, cluster)).await;
+                match res {
+                    Ok(s) if !s.is_closed() => {
+                        let mut s = s.clone();
+                        if s.ready().await.is_ok() {
+                            return Ok(Sender::H2(s));
+                        }
+                        self.reset_h2(&slot);
+                    }
+                    Ok(_) => self.reset_h2(&slot),
+                    Err(e) => {
+                        let e = e.clone();
+                        self.reset_h2(&slot);
+                        return Err(e);
+                    }
                 }
             }
-            let s = connect_h2(host, cluster).await?;
-            *lock(&self.h2) = Some(s.clone());
-            return Ok(Sender::H2(s));
+            return connect_h2(host, cluster).await.map(Sender::H2);
         }
         loop {
             let idle = lock(&self.h1_idle).pop();
@@ -90,6 +108,14 @@ impl HostPool {
             }
         }
         connect_h1(host, cluster).await.map(Sender::H1)
+    }
+
+    /// Forgets `slot` if it is still the current HTTP/2 connection.
+    fn reset_h2(&self, slot: &Arc<H2Slot>) {
+        let mut g = lock(&self.h2);
+        if g.as_ref().is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            *g = None;
+        }
     }
 
     /// Returns an HTTP/1 connection whose exchange completed.
@@ -126,6 +152,11 @@ enum Io {
 }
 
 async fn connect_io(host: &Host, cluster: &Cluster) -> Result<Io, ConnectError> {
+    let fail = || {
+        host.stats
+            .cx_connect_fail
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
     let stats = &cluster.stats;
     stats.upstream_cx_total.inc();
     let attempt = async {
@@ -137,10 +168,12 @@ async fn connect_io(host: &Host, cluster: &Cluster) -> Result<Io, ConnectError> 
     match tokio::time::timeout(cluster.connect_timeout, attempt).await {
         Ok(Ok(io)) => Ok(io),
         Ok(Err(e)) => {
+            fail();
             stats.upstream_cx_connect_fail.inc();
-            Err(ConnectError::Io(e))
+            Err(ConnectError::Io(Arc::new(e)))
         }
         Err(_) => {
+            fail();
             stats.upstream_cx_connect_fail.inc();
             stats.upstream_cx_connect_timeout.inc();
             Err(ConnectError::Timeout)
@@ -168,15 +201,19 @@ async fn connect_h1(
 ) -> Result<http1::SendRequest<ReqBody>, ConnectError> {
     let io = connect_io(host, cluster).await?;
     let mut builder = http1::Builder::new();
-    builder.preserve_header_case(true);
+    builder
+        .preserve_header_case(cluster.header_case == crate::config::HeaderCase::Preserve)
+        .title_case_headers(cluster.header_case == crate::config::HeaderCase::Title);
     macro_rules! handshake {
         ($io:expr) => {{
             let (sender, conn) = builder
                 .handshake(TokioIo::new($io))
                 .await
-                .map_err(ConnectError::Handshake)?;
+                .map_err(|e| ConnectError::Handshake(Arc::new(e)))?;
             let stats = cluster.stats.clone();
+            let host_cx = super::HostCx::new(host);
             tokio::spawn(async move {
+                let _host_cx = host_cx;
                 let _active = GaugeGuard::new(&stats.upstream_cx_active);
                 let _ = conn.with_upgrades().await;
                 stats.upstream_cx_destroy.inc();
@@ -209,9 +246,11 @@ async fn connect_h2(
             let (sender, conn) = builder
                 .handshake(TokioIo::new($io))
                 .await
-                .map_err(ConnectError::Handshake)?;
+                .map_err(|e| ConnectError::Handshake(Arc::new(e)))?;
             let stats = cluster.stats.clone();
+            let host_cx = super::HostCx::new(host);
             tokio::spawn(async move {
+                let _host_cx = host_cx;
                 let _active = GaugeGuard::new(&stats.upstream_cx_active);
                 let _ = conn.await;
                 stats.upstream_cx_destroy.inc();
