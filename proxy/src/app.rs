@@ -20,8 +20,23 @@ use crate::upstream::dns;
 pub fn main() -> ExitCode {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if argv.get(1).is_some_and(|a| a == "redirect") {
-        eprintln!("petrel redirect: not available in this build yet");
-        return ExitCode::from(2);
+        // `petrel redirect ...`: istio-iptables' flags, so Petrel can replace it in an init
+        // container (see the redirect crate).
+        let args = std::iter::once(std::ffi::OsString::from("petrel redirect")).chain(argv.into_iter().skip(2));
+        let args = match <redirect::RedirectArgs as clap::Parser>::try_parse_from(args) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = e.print();
+                return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            }
+        };
+        return match redirect::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("petrel redirect: {e}");
+                ExitCode::from(1)
+            }
+        };
     }
     let args = match Args::try_parse_from(&argv) {
         Ok(a) => a,
