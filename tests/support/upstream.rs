@@ -272,7 +272,8 @@ impl Echo {
 
 /// A minimal HTTP/1.1 upstream that records each request head byte-for-byte (header case and
 /// order as on the wire) and answers `200` with a fixed mixed-case header. For wire-transparency
-/// checks that hyper's normalising parser would hide.
+/// checks that hyper's normalising parser would hide. A request with an `Upgrade` header gets
+/// `101 Switching Protocols` instead, after which the connection echoes raw bytes.
 pub struct RawHttpUpstream {
     addr: SocketAddr,
     heads: Arc<std::sync::Mutex<Vec<String>>>,
@@ -282,6 +283,10 @@ pub struct RawHttpUpstream {
 /// The response [`RawHttpUpstream`] sends.
 pub const RAW_UPSTREAM_RESPONSE: &str =
     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Mixed-Case-Response: Yes\r\n\r\nok";
+
+/// The answer [`RawHttpUpstream`] gives to an upgrade request.
+pub const UPGRADE_RESPONSE: &str =
+    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
 
 // === impl RawHttpUpstream ===
 
@@ -308,7 +313,15 @@ impl RawHttpUpstream {
                                 while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                                     let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                                     buf.drain(..end + 4);
+                                    let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
                                     heads.lock().expect("not poisoned").push(head);
+                                    if upgrade {
+                                        let _ = stream.write_all(UPGRADE_RESPONSE.as_bytes()).await;
+                                        let _ = stream.write_all(&buf).await;
+                                        let (mut r, mut w) = stream.split();
+                                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                                        return;
+                                    }
                                     if stream.write_all(RAW_UPSTREAM_RESPONSE.as_bytes()).await.is_err() {
                                         return;
                                     }

@@ -70,6 +70,18 @@ impl RawConn {
             .context("no complete response in time")?
     }
 
+    /// Reads exactly `n` bytes (after any response already read), e.g. after an upgrade.
+    pub async fn read_exact(&mut self, n: usize) -> anyhow::Result<Vec<u8>> {
+        tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+            while self.buf.len() < n {
+                self.fill().await?;
+            }
+            Ok::<_, anyhow::Error>(self.buf.drain(..n).collect())
+        })
+        .await
+        .context("bytes did not arrive in time")?
+    }
+
     /// Waits until the peer closes the connection, returning anything it sent before; fails if it
     /// is still open after `deadline`.
     pub async fn read_to_close(&mut self, deadline: Duration) -> anyhow::Result<Vec<u8>> {
