@@ -22,12 +22,17 @@ pub fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == "redirect") {
         // `petrel redirect ...`: istio-iptables' flags, so Petrel can replace it in an init
         // container (see the redirect crate).
-        let args = std::iter::once(std::ffi::OsString::from("petrel redirect")).chain(argv.into_iter().skip(2));
+        let args = std::iter::once(std::ffi::OsString::from("petrel redirect"))
+            .chain(argv.into_iter().skip(2));
         let args = match <redirect::RedirectArgs as clap::Parser>::try_parse_from(args) {
             Ok(a) => a,
             Err(e) => {
                 let _ = e.print();
-                return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+                return if e.use_stderr() {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
             }
         };
         return match redirect::run(args) {

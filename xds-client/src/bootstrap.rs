@@ -35,7 +35,7 @@ pub enum BootstrapError {
         error: std::io::Error,
     },
     /// The text or bytes do not decode as a Bootstrap.
-    #[error("{0}")]
+    #[error(transparent)]
     Decode(#[from] DecodeError),
     /// Fields Petrel does not implement and that would change behaviour.
     #[error("unsupported configuration:\n  {}", .0.join("\n  "))]

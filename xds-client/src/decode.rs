@@ -95,10 +95,19 @@ pub fn decode_text(
         Ok(msg) => Ok(msg),
         Err(err) => {
             let path = track.path().to_string();
+            // A syntax error has no meaningful field path (serde_path_to_error shows `?`).
+            let path = path
+                .trim_end_matches(".?")
+                .trim_end_matches('?')
+                .to_string();
             let location = err.location().map(|l| (l.line(), l.column()));
             // serde_yaml appends " at line X column Y" to its messages; we report the location
             // separately, so strip it to keep one clear sentence.
             let mut message = err.to_string();
+            // prost-reflect prefixes messages with the path it knows; we print ours.
+            if let Some(rest) = message.strip_prefix(&format!("{path}: ")) {
+                message = rest.to_string();
+            }
             if let Some(idx) = message.find(" at line ") {
                 message.truncate(idx);
             }

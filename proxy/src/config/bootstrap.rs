@@ -60,6 +60,7 @@ pub fn build_static(b: &Bootstrap, stats: &Stats) -> Result<StaticConfig, Config
                     format!("{} is used by another listener", built.addr),
                 ));
             }
+            check_route_clusters(&built, &clusters, &path)?;
             listeners.push(Arc::new(built));
         }
     }
@@ -68,4 +69,45 @@ pub fn build_static(b: &Bootstrap, stats: &Stats) -> Result<StaticConfig, Config
         clusters,
         admin,
     })
+}
+
+/// Envoy refuses a static route config that names a cluster which does not exist
+/// (`validate_clusters` defaults to true for static routes); so do we.
+fn check_route_clusters(
+    l: &Listener,
+    clusters: &ClusterTable,
+    path: &str,
+) -> Result<(), ConfigError> {
+    use crate::listener::NetworkFilter;
+    use crate::route::{Action, ClusterTarget};
+    for (ci, chain) in l.chains.iter().chain(l.default_chain.iter()).enumerate() {
+        let NetworkFilter::Http(hcm) = &chain.filter else {
+            continue;
+        };
+        let table = hcm.routes.load();
+        for vh in &table.vhosts {
+            for r in &vh.routes {
+                let Action::Forward(f) = &r.action else {
+                    continue;
+                };
+                let names: Vec<&Arc<str>> = match &f.target {
+                    ClusterTarget::Named(n) => vec![n],
+                    ClusterTarget::Weighted(w) => w.clusters.iter().map(|c| &c.name).collect(),
+                    ClusterTarget::Header(_) => vec![],
+                };
+                for n in names {
+                    if !clusters.contains_key(n) {
+                        return Err(ConfigError::new(
+                            format!("{path}.filter_chains[{ci}]"),
+                            format!(
+                                "route config {:?}, virtual host {:?}: unknown cluster '{n}'",
+                                &*table.name, &*vh.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -264,7 +264,14 @@ impl LogEntry {
         self.code = resp.status().as_u16();
         self.resp_headers = resp.headers().clone();
         self.flags = flags;
-        self.upstream = upstream;
+        if upstream.is_some() {
+            self.upstream = upstream;
+        }
+    }
+
+    /// Records the upstream cluster and host chosen for the request.
+    pub fn set_upstream(&mut self, cluster: Arc<str>, host: String) {
+        self.upstream = Some((cluster, host));
     }
 }
 

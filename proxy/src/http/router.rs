@@ -34,7 +34,7 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Handles one downstream request. Never fails: every error becomes a local reply.
-pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let hcm = &ctx.hcm;
     let stats = &hcm.stats;
     let start = Instant::now();
@@ -47,6 +47,11 @@ pub async fn handle(ctx: Arc<ConnCtx>, req: Request<Incoming>) -> Response<Proxy
         stats.downstream_rq_http1_total.inc();
     }
     let active = GaugeGuard::new(&stats.downstream_rq_active);
+    // The connection manager assigns the request id before anything else sees the request
+    // (routing, access logs), as Envoy does.
+    if hcm.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
+        req.headers_mut().insert(&X_REQUEST_ID, request_id());
+    }
     let mut log = (!hcm.access_logs.is_empty()).then(|| LogEntry::from_request(&req, &ctx.conn));
 
     let mut flags = Flags::default();
@@ -247,6 +252,11 @@ async fn route_and_forward(
             grpc,
         ));
     };
+
+    // The access log names the chosen upstream even when the exchange then fails (UF/UT/UC).
+    if let Some(l) = log.as_mut() {
+        l.set_upstream(cluster.name.clone(), upstream_host.addr.to_string());
+    }
 
     // Rewrite the request.
     let upstream_h2 = match cluster.protocol {
@@ -488,9 +498,6 @@ fn prepare_request(
         if let Ok(v) = HeaderValue::from_str(&ip) {
             headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
         }
-    }
-    if hcm.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(&X_REQUEST_ID, request_id());
     }
     if !hcm.suppress_envoy_headers {
         if let Some(t) = fwd.timeout {
