@@ -336,7 +336,9 @@ fn walk(msg: &DynamicMessage, path: &str, report: &mut Report) {
                 .warnings
                 .push(format!("{field_path}: ignored (has no effect in Petrel)"));
         } else {
-            report.rejections.push(format!("{field_path}: not supported"));
+            report
+                .rejections
+                .push(format!("{field_path}: not supported"));
         }
     }
 }

@@ -74,7 +74,10 @@ fn ignored_field_warns() {
     let text = format!("{MINIMAL}\nlayered_runtime: {{ layers: [] }}\n");
     let loaded = load_yaml(&text).expect("layered_runtime is harmless");
     assert!(
-        loaded.warnings.iter().any(|w| w.starts_with("layered_runtime")),
+        loaded
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("layered_runtime")),
         "{:?}",
         loaded.warnings
     );
@@ -82,7 +85,10 @@ fn ignored_field_warns() {
 
 #[test]
 fn unknown_field_is_refused_unless_allowed() {
-    let text = MINIMAL.replace("stat_prefix: ingress", "stat_prefix: ingress\n          bogus_field: 1");
+    let text = MINIMAL.replace(
+        "stat_prefix: ingress",
+        "stat_prefix: ingress\n          bogus_field: 1",
+    );
     let err = load_yaml(&text).expect_err("unknown field refused");
     assert!(err.to_string().contains("bogus_field"), "{err}");
     let ok = load(
