@@ -70,7 +70,8 @@ pub fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // The epsilon keeps 99.9% of 1000 at rank 999 despite 0.999 * 1000 = 999.0000000000001.
+    let rank = ((p / 100.0) * sorted.len() as f64 - 1e-9).ceil() as usize;
     f64::from(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
@@ -247,4 +248,50 @@ pub fn hold(addr: SocketAddr, count: u32, hold: Duration) -> anyhow::Result<()> 
         drop(conns);
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u32> = (1..=1000).collect();
+        assert_eq!(percentile(&v, 50.0), 500.0);
+        assert_eq!(percentile(&v, 99.0), 990.0);
+        assert_eq!(percentile(&v, 99.9), 999.0);
+        assert_eq!(percentile(&v, 100.0), 1000.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn echo_and_bulk_against_the_upstream_on_ephemeral_ports() {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let addrs = crate::upstream::UpstreamAddrs {
+            http: free(),
+            echo: free(),
+            sink: free(),
+            source: free(),
+        };
+        std::thread::spawn(move || crate::upstream::run(addrs, false));
+        let ready = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            crate::scenario::echo_once(addrs.echo).is_ok()
+        });
+        assert!(ready, "upstream did not come up");
+        crate::scenario::http1_get(addrs.http, "/").unwrap();
+        let r = echo(addrs.echo, 2, Duration::from_millis(200)).unwrap();
+        assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+        let r = churn(addrs.http, 2, Duration::from_millis(200)).unwrap();
+        assert!(r.requests > 0 && r.errors == 0, "{r:?}");
+        let r = bulk(addrs.sink, true, Duration::from_millis(200)).unwrap();
+        assert!(r.gbps.unwrap() > 0.0, "{r:?}");
+        let r = bulk(addrs.source, false, Duration::from_millis(200)).unwrap();
+        assert!(r.gbps.unwrap() > 0.0, "{r:?}");
+    }
 }

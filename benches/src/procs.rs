@@ -7,9 +7,13 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
+
+/// PIDs of the children alive now, for [`kill_all`] on a signal.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Clock ticks per second of /proc/PID/stat's utime and stime (`getconf CLK_TCK`; 100 on every
 /// Linux architecture we run on).
@@ -41,6 +45,7 @@ impl Proc {
             .stderr(File::create(&stderr)?)
             .spawn()
             .with_context(|| format!("spawning {name}: {cmd:?}"))?;
+        live().push(child.id());
         Ok(Self {
             name: name.to_string(),
             pid: child.id(),
@@ -90,6 +95,7 @@ impl Proc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        live().retain(|&p| p != self.pid);
     }
 
     /// utime + stime of the whole process (all threads), in seconds.
@@ -112,6 +118,50 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn live() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    // A panic while holding the lock leaves a valid Vec: keep using it.
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Kills every child still alive (SIGKILL, by PID). For signal handlers: the normal path
+/// kills each child when its [`Proc`] is dropped.
+pub fn kill_all() {
+    for pid in live().drain(..) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// On SIGINT or SIGTERM: kill every child, then exit with 130.
+pub fn kill_children_on_signal() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("signal: killing children");
+        kill_all();
+        std::process::exit(130);
+    });
 }
 
 /// The last `max` bytes of a file, on one line.

@@ -693,3 +693,23 @@ const METHOD: &str = r#"## Method
 - **Plots** (`benches/plots/`): throughput per scenario, fixed-rate latency percentiles, CPU per
   request, memory; drawn by `benches/plot.py` with matplotlib from `summary.json`.
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_empty() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![f64::NAN]), None);
+        assert_eq!(median(Vec::new()), None);
+    }
+
+    #[test]
+    fn ratio_needs_both_sides() {
+        assert_eq!(ratio(Some(3.0), Some(2.0)), "1.50×");
+        assert_eq!(ratio(None, Some(2.0)), "—");
+        assert_eq!(ratio(Some(1.0), Some(0.0)), "—");
+    }
+}

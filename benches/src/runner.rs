@@ -606,3 +606,20 @@ pub fn big_bootstrap(count: u32) -> String {
     }
     y
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_bootstrap_routes_every_cluster() {
+        let y = big_bootstrap(3);
+        for i in 0..3 {
+            assert!(y.contains(&format!(
+                "prefix: \"/svc{i}/\" }}, route: {{ cluster: svc{i} }}"
+            )));
+            assert!(y.contains(&format!("- {{ name: svc{i}, type: STATIC")));
+        }
+        assert!(!y.contains("svc3"));
+    }
+}

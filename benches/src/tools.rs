@@ -484,3 +484,53 @@ pub fn parse_oha(out: &str) -> anyhow::Result<LoadResult> {
         p999_us: pct("p99.9"),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_summary_counts_non_2xx_and_socket_errors_as_errors() {
+        let out = "Running 1s test @ http://127.0.0.1:31000/\n  1 threads and 16 connections\n\
+                   {\"requests\":1000,\"duration_us\":2000000,\"non2xx\":10,\"connect\":1,\"read\":2,\
+                   \"write\":0,\"timeout\":3,\"p50\":100.0,\"p90\":200.0,\"p99\":300.0,\"p999\":400.0}\n";
+        let r = parse_wrk(out).unwrap();
+        assert_eq!(r.requests, 990);
+        assert_eq!(r.errors, 16);
+        assert!((r.rps - 495.0).abs() < 1e-9);
+        assert_eq!((r.p50_us, r.p999_us), (100.0, 400.0));
+    }
+
+    #[test]
+    fn h2load_summary_and_log_give_2xx_rate_and_percentiles() {
+        let out = "finished in 1.34ms, 748.50 req/s, 119.15KB/s\n\
+                   requests: 4 total, 4 started, 4 done, 3 succeeded, 1 failed, 0 errored, 0 timeout\n\
+                   status codes: 3 2xx, 0 3xx, 0 4xx, 1 5xx\n";
+        let log = "1700000000000000\t200\t10\n1700000000000001\t200\t30\n\
+                   1700000000000002\t503\t5\n1700000000000003\t200\t20\n";
+        let r = parse_h2load(out, log).unwrap();
+        assert_eq!((r.requests, r.errors), (3, 1));
+        assert!((r.seconds - 0.00134).abs() < 1e-12);
+        assert_eq!((r.p50_us, r.p99_us), (20.0, 30.0));
+    }
+
+    #[test]
+    fn h2load_durations_in_every_unit() {
+        assert_eq!(parse_duration("3.00s"), Some(3.0));
+        assert_eq!(parse_duration("1.5ms"), Some(0.0015));
+        assert_eq!(parse_duration("870us"), Some(0.00087));
+        assert_eq!(parse_duration("2h"), None);
+    }
+
+    #[test]
+    fn oha_json_status_codes_and_errors() {
+        let out = r#"{"summary":{"total":2.0},
+            "latencyPercentiles":{"p50":0.0001,"p90":0.0002,"p99":0.0003,"p99.9":0.0004},
+            "statusCodeDistribution":{"200":1998,"503":1},
+            "errorDistribution":{"connection reset":1}}"#;
+        let r = parse_oha(out).unwrap();
+        assert_eq!((r.requests, r.errors), (1998, 2));
+        assert!((r.rps - 999.0).abs() < 1e-9);
+        assert!((r.p999_us - 400.0).abs() < 1e-6);
+    }
+}

@@ -17,7 +17,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use benches::procs::{pinned, run, wait_until, Proc};
+use benches::procs::{kill_children_on_signal, pinned, run, wait_until, Proc};
 use benches::report::{Meta, Results};
 use benches::runner::{run_plan, Ctx, Plan};
 use benches::scenario::{echo_once, http1_get, upstream_addrs, Scenario, Target};
@@ -173,6 +173,7 @@ fn preset(args: &Args) -> Preset {
 }
 
 fn compare(args: &Args) -> anyhow::Result<ExitCode> {
+    kill_children_on_signal();
     let benches_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = benches_dir
         .parent()
