@@ -93,14 +93,17 @@ def throughput(rows, plan, targets, subtitle, out):
 
 def fixed_rate(rows, plan, targets, subtitle, out):
     rates = plan["rates"]
-    cases = [(sc, title, r) for sc, title in SCENARIOS for r in rates
-             if any(get(rows, sc, f"r{r}", t, "p50_us") for t in targets)]
-    if not cases:
+    scenarios = [(sc, title) for sc, title in SCENARIOS
+                 if any(get(rows, sc, f"r{r}", t, "p50_us") for r in rates for t in targets)]
+    if not scenarios or not rates:
         return
-    fig, axes = plt.subplots(1, len(cases), figsize=(4 * len(cases), 4.5), squeeze=False)
+    # One row per rate, one column per scenario.
+    fig, axes = plt.subplots(len(rates), len(scenarios), figsize=(4.5 * len(scenarios), 4 * len(rates)),
+                             squeeze=False)
     pcts = [("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")]
     width = 0.8 / max(len(targets), 1)
-    for ax, (sc, title, r) in zip(axes[0], cases):
+    cells = [(axes[i][j], sc, title, r) for i, r in enumerate(rates) for j, (sc, title) in enumerate(scenarios)]
+    for ax, sc, title, r in cells:
         for i, t in enumerate(targets):
             vals = [get(rows, sc, f"r{r}", t, k) or 0 for k, _ in pcts]
             ax.bar([x + i * width for x in range(len(pcts))], vals, width, color=COLORS[t], label=TITLES[t])
