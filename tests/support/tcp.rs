@@ -75,20 +75,51 @@ async fn accept_loop(listener: TcpListener, connections: Arc<AtomicUsize>) {
     }
 }
 
-/// Connects to `addr`, sends `payload`, half-closes, and reads until the peer closes.
+/// Connects to `addr`, sends `payload` while concurrently reading the same number of bytes back
+/// (so large payloads cannot deadlock on full buffers), then half-closes and reads until the peer
+/// closes. Returns everything read.
+///
+/// The half-close comes only after the echo: Envoy's tcp_proxy may reset a connection whose FIN
+/// arrives before its upstream connection is established, which is not what these tests probe.
 pub async fn roundtrip(addr: SocketAddr, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
     tokio::time::timeout(EXCHANGE_TIMEOUT, async {
         let mut s = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
-        s.write_all(payload).await?;
-        s.shutdown().await?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await?;
+        let (mut r, mut w) = s.split();
+        let mut out = vec![0u8; payload.len()];
+        let (wrote, read) = tokio::join!(w.write_all(payload), r.read_exact(&mut out));
+        wrote.context("writing")?;
+        read.context("reading the echo")?;
+        w.shutdown().await?;
+        r.read_to_end(&mut out).await.context("reading to close")?;
         Ok(out)
     })
     .await
     .context("TCP roundtrip timed out")?
+}
+
+/// Connects to `addr`, sends `payload`, and waits for the peer to close; returns how many bytes
+/// came back. A reset counts as a close (a proxy that closes with our bytes unread sends RST).
+pub async fn until_closed(addr: SocketAddr, payload: &[u8]) -> anyhow::Result<usize> {
+    tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        let _ = s.write_all(payload).await;
+        let mut n = 0;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) => return Ok(n),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Ok(n),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })
+    .await
+    .context("connection not closed in time")?
 }
 
 /// From a chosen local (source) IP such as `127.0.0.2`: connects to `addr`, sends `payload` and

@@ -2,6 +2,7 @@
 //! clusters, a refused upstream closes the downstream connection, and the listener / tcp /
 //! cluster connection stats agree.
 
+use anyhow::Context as _;
 use petrel_e2e::ports::ClosedPort;
 use petrel_e2e::proxy::render;
 use petrel_e2e::tcp::{self, TcpEcho};
@@ -61,7 +62,9 @@ async fn tcp_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
 
     for i in 0..3 {
         let msg = format!("hello tcp {i}");
-        let got = tcp::roundtrip(proxy.addr("tcp"), msg.as_bytes()).await?;
+        let got = tcp::roundtrip(proxy.addr("tcp"), msg.as_bytes())
+            .await
+            .with_context(|| format!("{kind}: echo #{i}"))?;
         anyhow::ensure!(
             got == msg.as_bytes(),
             "{kind}: echoed {:?}",
@@ -70,7 +73,9 @@ async fn tcp_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
     }
     info!("a 1 MiB payload survives intact");
     let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
-    let got = tcp::roundtrip(proxy.addr("tcp"), &big).await?;
+    let got = tcp::roundtrip(proxy.addr("tcp"), &big)
+        .await
+        .with_context(|| format!("{kind}: 1 MiB echo"))?;
     anyhow::ensure!(
         got == big,
         "{kind}: 1 MiB echo came back as {} bytes",
@@ -82,7 +87,9 @@ async fn tcp_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
         echo.connections()
     );
 
-    let got = tcp::roundtrip(proxy.addr("weighted"), b"weighted").await?;
+    let got = tcp::roundtrip(proxy.addr("weighted"), b"weighted")
+        .await
+        .with_context(|| format!("{kind}: weighted echo"))?;
     anyhow::ensure!(got == b"weighted", "{kind}: weighted echo {:?}", got);
     anyhow::ensure!(
         echo2.connections() == 1,
@@ -91,13 +98,9 @@ async fn tcp_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
     );
 
     info!("refused upstream: downstream is closed without data");
-    let got = tcp::roundtrip(proxy.addr("refused"), b"nobody home").await?;
-    anyhow::ensure!(
-        got.is_empty(),
-        "{kind}: refused upstream returned {:?}",
-        got
-    );
-    obs.record("refused bytes", got.len());
+    let got = tcp::until_closed(proxy.addr("refused"), b"nobody home").await?;
+    anyhow::ensure!(got == 0, "{kind}: refused upstream returned {got} bytes");
+    obs.record("refused bytes", got);
 
     let listener = proxy.listener_stat_prefix("tcp");
     obs.stat_eq(
