@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod listener;
+pub mod policy;
 pub mod route;
 pub mod server;
 pub mod stats;
