@@ -1,0 +1,1 @@
+//! The application's `spec.yaml` (TSF Mesh format).
