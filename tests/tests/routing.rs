@@ -267,7 +267,7 @@ async fn route_actions_scenario(kind: ProxyKind, proto: Proto) -> anyhow::Result
     for (i, case) in ACTION_CASES.iter().enumerate() {
         let reply = client.get_with(case.host, case.path, case.headers).await?;
         let what = format!(
-            "#{i} {proto:?} {} {} {:?}",
+            "#{i:02} {proto:?} {} {} {:?}",
             case.host, case.path, case.headers
         );
         info!(%kind, %what, status = %reply.status, upstream = ?reply.upstream(), location = ?reply.header("location"));
