@@ -11,7 +11,7 @@ use tracing_subscriber::{reload, EnvFilter};
 use crate::admin::AdminCtx;
 use crate::cli::{Args, Mode};
 use crate::config::address::ListenAddr;
-use crate::listener::{self, ListenerTable};
+use crate::runtime::ListenerManager;
 use crate::server::Shared;
 use crate::stats::Stats;
 use crate::upstream::dns;
@@ -116,7 +116,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let node_ids = (node.id.clone(), node.cluster.clone());
 
     let stats = Stats::default();
-    let config = crate::config::build_static(&bootstrap, &stats)?;
+    let route_store = Arc::new(crate::route::RouteStore::default());
+    let has_xds = bootstrap.dynamic_resources.is_some();
+    let ctx = crate::config::BuildCtx {
+        stats: &stats,
+        routes: has_xds.then_some(&*route_store),
+    };
+    let config = crate::config::build_static(&bootstrap, &ctx)?;
     if args.mode == Mode::Validate {
         println!(
             "configuration '{}' OK",
@@ -231,37 +237,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             .set(config.clusters.len() as i64);
         shared.clusters.store(Arc::new(config.clusters));
 
-        let mut table = ListenerTable::default();
+        let listeners = Arc::new(ListenerManager::new(shared.clone(), tokio::runtime::Handle::current()));
         for l in &config.listeners {
-            if let ListenAddr::Tcp(a) = &l.addr {
-                table.by_addr.insert(*a, l.clone());
-            }
+            listeners
+                .upsert(l.clone(), false)
+                .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
         }
-        shared.listeners.store(Arc::new(table));
-        shared
-            .listener_list
-            .store(Arc::new(config.listeners.clone()));
-
-        let mut stops = Vec::new();
-        for l in &config.listeners {
-            if !l.bind_to_port {
-                continue;
-            }
-            let bound = listener::bind(&l.addr)
-                .map_err(|e| anyhow::anyhow!("listener {} on {}: {e}", l.name, l.addr))?;
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            stops.push((l.clone(), stop_tx));
-            tokio::spawn(listener::accept_loop(
-                l.clone(),
-                bound,
-                shared.clone(),
-                stop_rx,
-            ));
-            info!(listener = %l.name, "listening on {}", l.addr);
-        }
-        stats
-            .gauge("listener_manager.total_listeners_active")
-            .set(config.listeners.len() as i64);
         stats.gauge("listener_manager.workers_started").set(1);
         stats.gauge("server.live").set(1);
         state.set(0); // LIVE
@@ -283,18 +264,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                     // response asking the client to close), then stop.
                     state.set(1);
                     shared.start_drain();
-                    let selected: Vec<_> = stops
-                        .iter()
-                        .filter(|(l, _)| !inbound_only || l.inbound)
-                        .map(|(_, stop)| stop.clone())
-                        .collect();
                     let delay = if graceful { Duration::from_secs(args.drain_time_s) } else { Duration::ZERO };
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        for stop in selected {
-                            stop.send_replace(true);
-                        }
-                    });
+                    listeners.stop_accepting_after(inbound_only, delay);
                 }
             }
         }
@@ -303,9 +274,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         // finish in-flight requests, then exit once nothing is active or drain time passes.
         info!("draining (up to {}s)", args.drain_time_s);
         state.set(1);
-        for (_, stop) in &stops {
-            stop.send_replace(true);
-        }
+        listeners.stop_accepting(false);
         shared.start_drain();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(args.drain_time_s);
         loop {

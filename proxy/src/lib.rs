@@ -9,6 +9,7 @@
 //! - `listener`: accept, original-destination handoff, listener filters, chain selection.
 //! - `tcp_proxy` / `http`: the network filters (the HTTP router lives in `http`).
 //! - `server`: state shared by listeners and admin.
+//! - `runtime`: the listener manager (bind, hitless replace, drain).
 //! - `admin`: Envoy-compatible admin endpoints.
 //! - `app`: process lifecycle: load, validate, serve, drain.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod http;
 pub mod listener;
 pub mod policy;
 pub mod route;
+pub mod runtime;
 pub mod server;
 pub mod spec;
 pub mod stats;

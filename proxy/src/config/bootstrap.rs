@@ -8,7 +8,6 @@ use super::address::{listen_addr, ListenAddr};
 use super::{cluster, listener, ConfigError};
 use crate::listener::Listener;
 use crate::server::ClusterTable;
-use crate::stats::Stats;
 
 /// Everything a static bootstrap defines.
 #[derive(Debug)]
@@ -22,7 +21,8 @@ pub struct StaticConfig {
 }
 
 /// Compiles the static resources of `b`; errors name the field path.
-pub fn build_static(b: &Bootstrap, stats: &Stats) -> Result<StaticConfig, ConfigError> {
+pub fn build_static(b: &Bootstrap, ctx: &super::BuildCtx<'_>) -> Result<StaticConfig, ConfigError> {
+    let stats = ctx.stats;
     let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
         Some(addr) => Some(listen_addr(addr, "admin.address")?),
         None => None,
@@ -47,7 +47,7 @@ pub fn build_static(b: &Bootstrap, stats: &Stats) -> Result<StaticConfig, Config
         let mut addrs = std::collections::HashSet::new();
         for (i, l) in sr.listeners.iter().enumerate() {
             let path = format!("static_resources.listeners[{i}]");
-            let built = listener::build(l, &path, stats)?;
+            let built = listener::build(l, &path, ctx)?;
             if !names.insert(built.name.clone()) {
                 return Err(ConfigError::new(
                     format!("{path}.name"),
@@ -84,7 +84,11 @@ fn check_route_clusters(
         let NetworkFilter::Http(hcm) = &chain.filter else {
             continue;
         };
-        let table = hcm.routes.load();
+        // Only inline routes are checked; RDS routes arrive later and are validated then.
+        if !hcm.inline_routes {
+            continue;
+        }
+        let table = hcm.routes.table.load();
         for vh in &table.vhosts {
             for r in &vh.routes {
                 let Action::Forward(f) = &r.action else {

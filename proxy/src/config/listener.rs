@@ -1,7 +1,6 @@
 //! `Listener` → `listener::Listener`, including the network filters.
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog as XdsAccessLog};
 use envoy_types::pb::envoy::config::core::v3::{
     substitution_format_string, CidrRange, SubstitutionFormatString,
@@ -25,7 +24,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use http::HeaderValue;
 
 use super::address::{listen_addr, ListenAddr};
-use super::{duration, route, unpack, ConfigError};
+use super::{duration, route, unpack, BuildCtx, ConfigError};
 use crate::http::access_log::{AccessLog, Sink, DEFAULT_FORMAT};
 use crate::http::{Codec, HttpConnMgr, HttpStats, ServerHeader};
 use crate::listener::{
@@ -47,7 +46,12 @@ const STDOUT_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StdoutAccess
 const STDERR_LOG: &str = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog";
 
 /// Compiles a listener.
-pub(crate) fn build(l: &XdsListener, path: &str, stats: &Stats) -> Result<Listener, ConfigError> {
+pub(crate) fn build(
+    l: &XdsListener,
+    path: &str,
+    ctx: &BuildCtx<'_>,
+) -> Result<Listener, ConfigError> {
+    let stats = ctx.stats;
     let addr = listen_addr(
         l.address
             .as_ref()
@@ -95,14 +99,14 @@ pub(crate) fn build(l: &XdsListener, path: &str, stats: &Stats) -> Result<Listen
         .filter_chains
         .iter()
         .enumerate()
-        .map(|(i, fc)| filter_chain(fc, &format!("{path}.filter_chains[{i}]"), stats))
+        .map(|(i, fc)| filter_chain(fc, &format!("{path}.filter_chains[{i}]"), ctx))
         .collect::<Result<Vec<_>, _>>()?;
     check_unique_matches(&chains, path)?;
     let default_chain = match &l.default_filter_chain {
         Some(fc) => Some(filter_chain(
             fc,
             &format!("{path}.default_filter_chain"),
-            stats,
+            ctx,
         )?),
         None => None,
     };
@@ -131,6 +135,7 @@ pub(crate) fn build(l: &XdsListener, path: &str, stats: &Stats) -> Result<Listen
         chains,
         default_chain,
         inbound: l.traffic_direction == 1,
+        drain: tokio::sync::watch::channel(false).0,
         stats: ListenerStats::new(stats, &stat_prefix),
     })
 }
@@ -191,8 +196,9 @@ fn cidrs(ranges: &[CidrRange], path: &str) -> Result<Vec<Cidr>, ConfigError> {
 fn filter_chain(
     fc: &XdsFilterChain,
     path: &str,
-    stats: &Stats,
+    ctx: &BuildCtx<'_>,
 ) -> Result<FilterChain, ConfigError> {
+    let stats = ctx.stats;
     let matcher = match &fc.filter_chain_match {
         Some(m) => {
             let mpath = format!("{path}.filter_chain_match");
@@ -277,11 +283,7 @@ fn filter_chain(
     let filter = match xds_client::decode::type_name(&any.type_url) {
         HCM => {
             let cfg: HttpConnectionManager = unpack(any, HCM, &format!("{fpath}.typed_config"))?;
-            NetworkFilter::Http(Arc::new(hcm(
-                &cfg,
-                &format!("{fpath}.typed_config"),
-                stats,
-            )?))
+            NetworkFilter::Http(Arc::new(hcm(&cfg, &format!("{fpath}.typed_config"), ctx)?))
         }
         TCP_PROXY => {
             let cfg: XdsTcpProxy = unpack(any, TCP_PROXY, &format!("{fpath}.typed_config"))?;
@@ -305,7 +307,12 @@ fn filter_chain(
     })
 }
 
-fn hcm(c: &HttpConnectionManager, path: &str, stats: &Stats) -> Result<HttpConnMgr, ConfigError> {
+fn hcm(
+    c: &HttpConnectionManager,
+    path: &str,
+    ctx: &BuildCtx<'_>,
+) -> Result<HttpConnMgr, ConfigError> {
+    let stats = ctx.stats;
     if c.stat_prefix.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.stat_prefix"),
@@ -329,15 +336,39 @@ fn hcm(c: &HttpConnectionManager, path: &str, stats: &Stats) -> Result<HttpConnM
             ))
         }
     };
-    let routes = match &c.route_specifier {
-        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => {
-            route::build(rc, &format!("{path}.route_config"))?
-        }
-        Some(http_connection_manager::RouteSpecifier::Rds(_)) => {
-            return Err(ConfigError::new(
-                format!("{path}.rds"),
-                "RDS needs an xDS control plane (not yet supported)",
-            ))
+    let (routes, inline_routes) = match &c.route_specifier {
+        Some(http_connection_manager::RouteSpecifier::RouteConfig(rc)) => (
+            Arc::new(crate::route::RouteSlot::loaded(route::build(
+                rc,
+                &format!("{path}.route_config"),
+            )?)),
+            true,
+        ),
+        Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+            let Some(store) = ctx.routes else {
+                return Err(ConfigError::new(
+                    format!("{path}.rds"),
+                    "RDS needs dynamic_resources (an ADS control plane)",
+                ));
+            };
+            // Only ADS is supported as the RDS config source.
+            let ads = rds
+                .config_source
+                .as_ref()
+                .is_some_and(|cs| matches!(cs.config_source_specifier, Some(envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(_))));
+            if !ads {
+                return Err(ConfigError::new(
+                    format!("{path}.rds.config_source"),
+                    "only `ads: {}` is supported as an RDS config source",
+                ));
+            }
+            if rds.route_config_name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.rds.route_config_name"),
+                    "must not be empty",
+                ));
+            }
+            (store.slot(&rds.route_config_name), false)
         }
         Some(_) => return Err(ConfigError::new(path, "route specifier not supported")),
         None => return Err(ConfigError::new(path, "missing route_config")),
@@ -426,7 +457,8 @@ fn hcm(c: &HttpConnectionManager, path: &str, stats: &Stats) -> Result<HttpConnM
     Ok(HttpConnMgr {
         stat_prefix: Arc::from(c.stat_prefix.as_str()),
         codec,
-        routes: ArcSwap::from_pointee(routes),
+        routes,
+        inline_routes,
         server_name,
         server_header,
         access_logs,

@@ -17,6 +17,15 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
 pub use bootstrap::{build_static, StaticConfig};
 
+/// What compiling a listener needs besides its proto.
+#[derive(Debug, Clone, Copy)]
+pub struct BuildCtx<'a> {
+    /// Where stats are registered.
+    pub stats: &'a crate::stats::Stats,
+    /// RDS route slots; `None` when there is no control plane (then `rds` is refused).
+    pub routes: Option<&'a crate::route::RouteStore>,
+}
+
 /// A configuration value Petrel cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]

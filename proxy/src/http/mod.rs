@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,7 +16,6 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::listener::Accepted;
-use crate::route::RouteTable;
 use crate::server::Shared;
 use crate::stats::{Counter, Gauge, GaugeGuard, Stats};
 
@@ -50,8 +48,8 @@ pub struct HttpConnMgr {
     pub stat_prefix: Arc<str>,
     /// Codec.
     pub codec: Codec,
-    /// Routes; swapped whole on RDS updates.
-    pub routes: ArcSwap<RouteTable>,
+    /// Routes: inline, or shared with other connection managers by RDS name.
+    pub routes: Arc<crate::route::RouteSlot>,
     /// `server` header value (`server_name`, default `envoy` for drop-in compatibility).
     pub server_name: HeaderValue,
     /// How the `server` header is set.
@@ -64,6 +62,8 @@ pub struct HttpConnMgr {
     pub use_remote_address: bool,
     /// Upgrade types enabled on this connection manager (lower-case).
     pub upgrades: Vec<String>,
+    /// Whether the routes were given inline (`route_config`) rather than by RDS.
+    pub inline_routes: bool,
     /// How HTTP/1 header names are read (Preserve records the client's case).
     pub header_case: crate::config::HeaderCase,
     /// `accept_http_10`.
@@ -164,6 +164,7 @@ impl HttpConnMgr {
         self.stats.downstream_cx_total.inc();
         let _active = GaugeGuard::new(&self.stats.downstream_cx_active);
         let mut drain = shared.drain_signal();
+        let mut listener_drain = conn.listener_drain.clone();
         let ctx = Arc::new(ConnCtx {
             hcm: self.clone(),
             shared,
@@ -197,7 +198,7 @@ impl HttpConnMgr {
         tokio::pin!(conn);
         let result = tokio::select! {
             res = conn.as_mut() => res,
-            _ = drained(&mut drain) => 'drain: {
+            _ = either_drained(&mut drain, &mut listener_drain) => 'drain: {
                 // A connection accepted during the drain window still has its first request
                 // served (answered with `connection: close`, as Envoy does); shutting it down
                 // before that would reset a client that did nothing wrong.
@@ -239,6 +240,17 @@ impl ConnCtx {
                 self.hcm.stats.downstream_cx_http1_total.inc();
             }
         }
+    }
+}
+
+/// Resolves once the process or the connection's listener starts draining.
+async fn either_drained(
+    a: &mut tokio::sync::watch::Receiver<bool>,
+    b: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = drained(a) => {}
+        _ = drained(b) => {}
     }
 }
 

@@ -78,7 +78,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<P
         super::ServerHeader::PassThrough => {}
     }
     // While draining, ask HTTP/1 clients to close after this response (Envoy does the same).
-    if !h2 && ctx.shared.draining() {
+    if !h2 && (ctx.shared.draining() || *ctx.conn.listener_drain.borrow()) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -143,7 +143,7 @@ async fn route_and_forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let routes = hcm.routes.load();
+    let routes = hcm.routes.table.load();
     let view = RequestView {
         host: &host,
         path: &path,

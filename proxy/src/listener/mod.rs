@@ -46,6 +46,8 @@ pub struct Listener {
     pub default_chain: Option<FilterChain>,
     /// `traffic_direction: INBOUND` (for `/drain_listeners?inboundonly`).
     pub inbound: bool,
+    /// Turns true when this listener is replaced or removed: its connections drain.
+    pub drain: tokio::sync::watch::Sender<bool>,
     /// Stats.
     pub stats: ListenerStats,
 }
@@ -115,6 +117,8 @@ pub struct ListenerStats {
 /// A downstream connection handed to a network filter.
 #[derive(Debug)]
 pub struct Accepted {
+    /// Turns true when the listener that accepted this connection is replaced or removed.
+    pub listener_drain: tokio::sync::watch::Receiver<bool>,
     /// The peer.
     pub remote: SocketAddr,
     /// The address the client connected to (the original destination when captured).
@@ -151,6 +155,11 @@ pub fn stat_prefix_for(addr: &ListenAddr) -> String {
 // === impl Listener ===
 
 impl Listener {
+    /// Asks this listener's connections to drain (it was replaced or removed).
+    pub fn start_drain(&self) {
+        self.drain.send_replace(true);
+    }
+
     /// Runs the filter chain for an accepted TCP connection.
     pub async fn handle_tcp(
         self: Arc<Self>,
@@ -224,6 +233,7 @@ impl Listener {
             return;
         };
         let accepted = Accepted {
+            listener_drain: self.drain.subscribe(),
             remote,
             local: dst,
             orig_dst: (dst != stream.local_addr().unwrap_or(dst)).then_some(dst),
@@ -253,6 +263,7 @@ impl Listener {
             return;
         };
         let accepted = Accepted {
+            listener_drain: self.drain.subscribe(),
             remote: unspecified,
             local: unspecified,
             orig_dst: None,
@@ -305,9 +316,9 @@ pub fn bind(addr: &ListenAddr) -> std::io::Result<Bound> {
     }
 }
 
-/// Accepts connections until `stop` fires.
+/// Accepts connections until `stop` fires, handing each to the slot's current listener.
 pub async fn accept_loop(
-    listener: Arc<Listener>,
+    slot: Arc<crate::runtime::ListenerSlot>,
     bound: Bound,
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -317,18 +328,18 @@ pub async fn accept_loop(
             _ = crate::http::drained(&mut stop) => break,
             res = accept(&bound) => match res {
                 Ok(Conn::Tcp(stream, remote)) => {
-                    let l = listener.clone();
+                    let l = slot.current.load_full();
                     let s = shared.clone();
                     tokio::spawn(async move { l.handle_tcp(s, stream, remote, false).await });
                 }
                 Ok(Conn::Unix(stream)) => {
-                    let l = listener.clone();
+                    let l = slot.current.load_full();
                     let s = shared.clone();
                     tokio::spawn(async move { l.handle_unix(s, stream).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    warn!(listener = %listener.name, "accept failed: {e}");
+                    warn!(listener = %slot.current.load().name, "accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }

@@ -107,6 +107,7 @@ fn original_destination_lookup_falls_back_to_wildcard() {
             chains: vec![],
             default_chain: None,
             inbound: false,
+            drain: tokio::sync::watch::channel(false).0,
             stats: ListenerStats::new(&stats, addr),
         })
     };

@@ -15,6 +15,82 @@ use regex::Regex;
 pub use headers::{AppendAction, HeaderAdd, HeaderMutations};
 pub use matching::RequestView;
 
+/// A named route table that connection managers share: RDS updates swap the table and
+/// every listener using that name sees the new routes on its next request.
+#[derive(Debug, Default)]
+pub struct RouteSlot {
+    /// The route configuration name (RDS resource name).
+    pub name: Arc<str>,
+    /// The current table.
+    pub table: arc_swap::ArcSwap<RouteTable>,
+    /// Whether a table has arrived (listeners warm until it has).
+    pub loaded: std::sync::atomic::AtomicBool,
+}
+
+impl RouteSlot {
+    /// A slot already holding `table` (inline `route_config`).
+    pub fn loaded(table: RouteTable) -> Self {
+        RouteSlot {
+            name: table.name.clone(),
+            table: arc_swap::ArcSwap::from_pointee(table),
+            loaded: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// An empty slot waiting for RDS.
+    pub fn pending(name: &str) -> Self {
+        RouteSlot {
+            name: Arc::from(name),
+            ..Default::default()
+        }
+    }
+
+    /// Whether the routes have arrived.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Publishes a new table.
+    pub fn store(&self, table: RouteTable) {
+        self.table.store(Arc::new(table));
+        self.loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Route slots by RDS name, shared by every connection manager that names them.
+#[derive(Debug, Default)]
+pub struct RouteStore {
+    slots: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<RouteSlot>>>,
+}
+
+impl RouteStore {
+    /// The slot for `name`, created empty on first use. Slots live as long as a connection
+    /// manager holds them.
+    pub fn slot(&self, name: &str) -> Arc<RouteSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get(name).and_then(std::sync::Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(RouteSlot::pending(name));
+        slots.insert(name.to_string(), Arc::downgrade(&s));
+        s
+    }
+
+    /// Names with a live slot (the RDS subscription set).
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, w| w.strong_count() > 0);
+        slots.keys().cloned().collect()
+    }
+
+    /// The live slot for `name`, if any connection manager uses it.
+    pub fn get(&self, name: &str) -> Option<Arc<RouteSlot>> {
+        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.get(name).and_then(std::sync::Weak::upgrade)
+    }
+}
+
 /// A compiled `RouteConfiguration`.
 #[derive(Debug, Default)]
 pub struct RouteTable {
