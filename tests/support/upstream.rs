@@ -11,6 +11,7 @@
 //! | `x-echo-reset: 1` | no response: close the connection (h1) or reset the stream (h2) |
 //! | `x-echo-chunks: 4` | send the body in that many frames with no content-length (chunked on h1) |
 //! | `x-echo-response-header: name=value` | add a response header (repeatable) |
+//! | `x-echo-body-error: 1` | send headers and part of the body, then fail the stream |
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -30,6 +31,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::client::Body;
+
+/// Response body of the echo server: may fail mid-stream (`x-echo-body-error`).
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 /// Response header naming the instance that answered.
 pub const UPSTREAM_NAME_HEADER: &str = "x-upstream-name";
@@ -160,7 +164,7 @@ async fn handle(
     req: Request<Incoming>,
     name: Arc<str>,
     counters: Arc<Counters>,
-) -> Result<Response<Body>, Reset> {
+) -> Result<Response<EchoBody>, Reset> {
     counters.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let h = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
@@ -170,6 +174,7 @@ async fn handle(
         .unwrap_or(StatusCode::OK);
     let delay = h("x-echo-delay-ms").and_then(|s| s.parse::<u64>().ok());
     let reset = h("x-echo-reset").is_some();
+    let body_error = h("x-echo-body-error").is_some();
     let chunks = h("x-echo-chunks")
         .and_then(|s| s.parse::<usize>().ok())
         .unwrap_or(0);
@@ -212,15 +217,27 @@ async fn handle(
     };
     let json = Bytes::from(serde_json::to_vec(&echo).expect("Echo serializes"));
 
-    let body: Body = if chunks > 0 {
+    let body: EchoBody = if body_error {
+        // Pause after the first half so hyper flushes the head and that half before failing:
+        // the proxy must see a failure *after* the response started.
+        let first = futures_util::stream::iter([Ok(Frame::data(json.slice(..json.len() / 2)))]);
+        let fail = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Err(std::io::Error::other("x-echo-body-error"))
+        });
+        StreamBody::new(futures_util::StreamExt::chain(first, fail)).boxed()
+    } else if chunks > 0 {
         let step = json.len().div_ceil(chunks).max(1);
         let frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..json.len())
             .step_by(step)
             .map(|i| Ok(Frame::data(json.slice(i..(i + step).min(json.len())))))
             .collect();
-        StreamBody::new(futures_util::stream::iter(frames)).boxed()
+        StreamBody::new(futures_util::stream::iter(frames))
+            .map_err(|never| match never {})
+            .boxed()
     } else {
-        crate::client::full(json)
+        let body: Body = crate::client::full(json);
+        body.map_err(|never| match never {}).boxed()
     };
     let mut resp = Response::builder()
         .status(status)

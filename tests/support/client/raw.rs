@@ -65,9 +65,16 @@ impl RawConn {
 
     /// Reads one response (to a non-HEAD request).
     pub async fn read_response(&mut self) -> anyhow::Result<RawResponse> {
-        tokio::time::timeout(EXCHANGE_TIMEOUT, self.read_response_inner())
+        tokio::time::timeout(EXCHANGE_TIMEOUT, self.read_response_inner(true))
             .await
             .context("no complete response in time")?
+    }
+
+    /// Reads one response to a HEAD request: headers only, whatever they say about a body.
+    pub async fn read_head_response(&mut self) -> anyhow::Result<RawResponse> {
+        tokio::time::timeout(EXCHANGE_TIMEOUT, self.read_response_inner(false))
+            .await
+            .context("no response head in time")?
     }
 
     /// Reads exactly `n` bytes (after any response already read), e.g. after an upgrade.
@@ -115,7 +122,7 @@ impl RawConn {
         Ok(())
     }
 
-    async fn read_response_inner(&mut self) -> anyhow::Result<RawResponse> {
+    async fn read_response_inner(&mut self, with_body: bool) -> anyhow::Result<RawResponse> {
         let head_end = loop {
             if let Some(i) = find(&self.buf, b"\r\n\r\n") {
                 break i;
@@ -142,7 +149,7 @@ impl RawConn {
             body: Vec::new(),
             chunked: false,
         };
-        let no_body = status == 204 || status == 304 || (100..200).contains(&status);
+        let no_body = !with_body || status == 204 || status == 304 || (100..200).contains(&status);
         if no_body {
             return Ok(resp);
         }
