@@ -436,3 +436,66 @@ async fn grpc_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
 async fn grpc_unary_with_trailers() {
     differential(grpc_scenario).await;
 }
+
+async fn h2_to_h1_bodies_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
+    let up = Upstream::start("up").await?;
+    let yaml = http_bootstrap(ONE_ROUTE, &[cluster("up", &[up.addr()])]);
+    let proxy = Proxy::start(kind, &yaml, &[]).await?;
+    let mut obs = Observations::new(kind);
+    let mut c = HttpClient::connect(proxy.addr("http"), Proto::H2c).await?;
+
+    info!("h2 request body without content-length becomes chunked HTTP/1.1 upstream");
+    let req = c
+        .request(Method::POST, "x.test", "/stream")
+        .body(chunked(vec![
+            Bytes::from_static(b"one "),
+            Bytes::from_static(b"two"),
+        ]))?;
+    let r = c.send(req).await?;
+    let e = r.echo()?;
+    anyhow::ensure!(
+        e.version == "HTTP/1.1" && e.body == "one two",
+        "{kind}: upstream saw {e:?}"
+    );
+    obs.record(
+        "no-length: transfer-encoding",
+        e.header("transfer-encoding").map(str::to_owned),
+    );
+    obs.record(
+        "no-length: content-length",
+        e.header("content-length").map(str::to_owned),
+    );
+
+    info!("with content-length it is kept");
+    let req = c
+        .request(Method::PUT, "x.test", "/fixed")
+        .header("content-length", "5")
+        .body(petrel_e2e::client::full("fixed"))?;
+    let e = c.send(req).await?.echo()?;
+    anyhow::ensure!(e.body == "fixed", "{kind}: body {:?}", e.body);
+    obs.record(
+        "fixed: content-length",
+        e.header("content-length").map(str::to_owned),
+    );
+    obs.record(
+        "fixed: transfer-encoding",
+        e.header("transfer-encoding").map(str::to_owned),
+    );
+
+    info!("a chunked HTTP/1.1 response arrives over h2 whole, without transfer-encoding");
+    let r = c
+        .get_with("x.test", "/chunks", &[("x-echo-chunks", "3")])
+        .await?;
+    anyhow::ensure!(r.echo()?.path == "/chunks", "{kind}: chunked response body");
+    anyhow::ensure!(
+        r.header("transfer-encoding").is_none(),
+        "{kind}: TE over h2"
+    );
+    obs.record("chunked response over h2: headers", r.header_names());
+    Ok(obs)
+}
+
+#[tokio::test]
+async fn h2c_downstream_to_http1_upstream_bodies() {
+    differential(h2_to_h1_bodies_scenario).await;
+}
