@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`bins`]: finds the `petrel` and reference `envoy` binaries (`PETREL_BIN`, `ENVOY_BIN`).
+//! - [`netns`]: network namespaces + veth for privileged iptables/`SO_ORIGINAL_DST` tests.
 //! - [`ports`]: hands out free loopback ports and "closed" ports that refuse connections.
 //! - [`proxy`]: [`Proxy`] runs Envoy or Petrel on a templated bootstrap, waits for `/ready`,
 //!   captures its output and kills it on drop.
@@ -23,6 +24,7 @@ pub mod bins;
 pub mod client;
 pub mod diff;
 pub mod grpc;
+pub mod netns;
 pub mod ports;
 pub mod proxy;
 pub mod tcp;

@@ -30,6 +30,24 @@ pub const START_DEADLINE: Duration = Duration::from_secs(90);
 /// How many log lines to print when a test fails.
 const LOG_TAIL_LINES: usize = 200;
 
+/// Where a proxy runs: by default on the host's loopback.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// Run inside this named network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// The IP the bootstrap binds the admin listener to (`{{admin_port}}` is still filled).
+    pub admin_ip: Ipv4Addr,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            admin_ip: Ipv4Addr::LOCALHOST,
+        }
+    }
+}
+
 /// A running proxy process. Killed (by its own PID) when dropped; on a failing test its log
 /// tail is printed and its temp dir kept.
 pub struct Proxy {
@@ -52,6 +70,17 @@ impl Proxy {
         bootstrap: &str,
         extra_args: &[&str],
     ) -> anyhow::Result<Self> {
+        Self::start_with(kind, bootstrap, extra_args, &Placement::default()).await
+    }
+
+    /// Like [`start`](Self::start), but inside a network namespace and/or with the admin
+    /// listener on another IP (the bootstrap must bind it there).
+    pub async fn start_with(
+        kind: ProxyKind,
+        bootstrap: &str,
+        extra_args: &[&str],
+        placement: &Placement,
+    ) -> anyhow::Result<Self> {
         let bin = kind.binary().map_err(anyhow::Error::msg)?;
         let dir = temp_dir(kind)?;
         let admin_port = free_port();
@@ -63,7 +92,15 @@ impl Proxy {
         let out = File::create(&log)?;
         let err = out.try_clone()?;
 
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match &placement.netns {
+            // `ip netns exec` execs the proxy in place, so the child PID is the proxy's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         cmd.arg("-c").arg(&config).args(base_args());
         // E2E_LOG_LEVEL=debug turns up both proxies' logs for a failing run.
         if let Ok(level) = std::env::var("E2E_LOG_LEVEL") {
@@ -84,7 +121,7 @@ impl Proxy {
             dir,
             log,
             config,
-            admin: Admin::new(SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port))),
+            admin: Admin::new(SocketAddr::from((placement.admin_ip, admin_port))),
             ports,
         };
         proxy.wait_ready().await?;
