@@ -121,6 +121,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let ctx = crate::config::BuildCtx {
         stats: &stats,
         routes: has_xds.then_some(&*route_store),
+        xds: has_xds,
     };
     let config = crate::config::build_static(&bootstrap, &ctx)?;
     if args.mode == Mode::Validate {
@@ -158,6 +159,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (quit_tx, mut quit_rx) = tokio::sync::mpsc::unbounded_channel();
     let (drain_tx, mut drain_rx) = tokio::sync::mpsc::unbounded_channel::<(bool, bool)>();
 
+    let xds_slot: Arc<std::sync::OnceLock<Arc<crate::xds::XdsManager>>> = Arc::default();
+    let ads = crate::xds::bootstrap::ads_settings(&bootstrap, &config.clusters)?;
+
     // Admin first, on its own runtime, so /ready answers while the data plane starts.
     if let Some(addr) = &config.admin {
         let ListenAddr::Tcp(sa) = addr else {
@@ -193,6 +197,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 "mode": "Serve",
             }),
             state: state.clone(),
+            xds: xds_slot.clone(),
         });
         std::thread::Builder::new()
             .name("petrel-admin".into())
@@ -242,6 +247,26 @@ fn run(args: Args) -> anyhow::Result<()> {
             listeners
                 .upsert(l.clone(), false)
                 .map_err(|e| anyhow::anyhow!("listener {}: {e}", l.name))?;
+        }
+        // Dynamic configuration: the ADS client runs on this runtime; its sink publishes
+        // clusters and listeners with pointer swaps. The server turns LIVE once the first
+        // CDS/EDS/LDS/RDS round is applied (or each type's initial fetch timed out).
+        if let Some(settings) = ads {
+            let manager = crate::xds::XdsManager::new(
+                shared.clone(),
+                listeners.clone(),
+                route_store.clone(),
+                (**shared.clusters.load()).clone(),
+            );
+            let _ = xds_slot.set(manager.clone());
+            let channel = xds_client::ads::connect_channel(&settings.target)
+                .map_err(|e| anyhow::anyhow!("dynamic_resources.ads_config: {e}"))?;
+            let (client, handle) = xds_client::ads::AdsClient::new(channel, settings.config, manager.clone());
+            manager.set_handle(handle);
+            tokio::spawn(client.run());
+            let mut init = manager.initialized();
+            info!("waiting for the initial xDS configuration");
+            let _ = init.wait_for(|done| *done).await;
         }
         stats.gauge("listener_manager.workers_started").set(1);
         stats.gauge("server.live").set(1);

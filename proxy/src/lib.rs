@@ -10,6 +10,7 @@
 //! - `tcp_proxy` / `http`: the network filters (the HTTP router lives in `http`).
 //! - `server`: state shared by listeners and admin.
 //! - `runtime`: the listener manager (bind, hitless replace, drain).
+//! - `xds`: the ADS resource sink: CDS/EDS/LDS/RDS → runtime objects, warming, NACKs.
 //! - `admin`: Envoy-compatible admin endpoints.
 //! - `app`: process lifecycle: load, validate, serve, drain.
 #![forbid(unsafe_code)]
@@ -29,3 +30,4 @@ pub mod spec;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod upstream;
+pub mod xds;

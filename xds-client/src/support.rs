@@ -55,7 +55,7 @@ macro_rules! rules {
 /// The table. Keep the README's "Envoy config support" section in step with it.
 pub static RULES: &[Rule] = rules! {
     "envoy.config.bootstrap.v3.Bootstrap" => {
-        supported: ["node", "static_resources", "admin"],
+        supported: ["node", "static_resources", "admin", "dynamic_resources"],
         ignored: ["stats_sinks", "stats_config", "stats_flush_interval", "stats_flush_on_admin",
             "tracing", "layered_runtime", "overload_manager", "watchdog", "watchdogs",
             "enable_dispatcher_stats", "stats_server_version_override", "use_tcp_for_dns_lookups",
@@ -71,6 +71,39 @@ pub static RULES: &[Rule] = rules! {
     },
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources" => {
         supported: ["listeners", "clusters"],
+        ignored: [],
+    },
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources" => {
+        supported: ["lds_config", "cds_config", "ads_config"],
+        ignored: [],
+    },
+    "envoy.config.core.v3.ConfigSource" => {
+        supported: ["ads", "resource_api_version", "initial_fetch_timeout"],
+        ignored: ["authorities"],
+    },
+    "envoy.config.core.v3.AggregatedConfigSource" => { supported: [], ignored: [] },
+    "envoy.config.core.v3.ApiConfigSource" => {
+        supported: ["api_type", "transport_api_version", "grpc_services", "set_node_on_first_message_only"],
+        ignored: ["refresh_delay", "request_timeout", "rate_limit_settings"],
+    },
+    "envoy.config.core.v3.GrpcService" => {
+        supported: ["envoy_grpc", "google_grpc"],
+        ignored: ["timeout", "initial_metadata", "retry_policy"],
+    },
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc" => {
+        supported: ["cluster_name"],
+        ignored: ["authority", "retry_policy", "max_receive_message_length", "skip_envoy_headers"],
+    },
+    "envoy.config.core.v3.GrpcService.GoogleGrpc" => {
+        supported: ["target_uri"],
+        ignored: ["stat_prefix", "channel_args", "per_stream_buffer_limit_bytes"],
+    },
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds" => {
+        supported: ["config_source", "route_config_name"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig" => {
+        supported: ["eds_config", "service_name"],
         ignored: [],
     },
     "envoy.config.core.v3.Address" => { supported: ["socket_address", "pipe"], ignored: [] },
@@ -138,7 +171,7 @@ pub static RULES: &[Rule] = rules! {
     },
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => { supported: [], ignored: [] },
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
-        supported: ["codec_type", "stat_prefix", "route_config", "http_filters", "server_name",
+        supported: ["codec_type", "stat_prefix", "route_config", "rds", "http_filters", "server_name",
             "server_header_transformation", "access_log", "upgrade_configs", "generate_request_id",
             "use_remote_address", "http_protocol_options"],
         ignored: ["common_http_protocol_options", "http2_protocol_options",
@@ -241,7 +274,8 @@ pub static RULES: &[Rule] = rules! {
         supported: ["name", "type", "connect_timeout", "load_assignment", "lb_policy",
             "dns_lookup_family", "dns_refresh_rate", "typed_extension_protocol_options",
             "http2_protocol_options", "upstream_bind_config", "original_dst_lb_config",
-            "alt_stat_name", "protocol_selection", "least_request_lb_config", "http_protocol_options"],
+            "alt_stat_name", "protocol_selection", "least_request_lb_config", "http_protocol_options",
+            "eds_cluster_config"],
         ignored: ["respect_dns_ttl", "per_connection_buffer_limit_bytes", "cleanup_interval",
             "metadata", "upstream_connection_options", "close_connections_on_host_health_failure",
             "ignore_health_on_host_removal", "dns_resolvers", "use_tcp_for_dns_lookups",
@@ -396,5 +430,17 @@ fn display(path: &str) -> &str {
         "(root)"
     } else {
         path
+    }
+}
+
+/// Checks an xDS resource (an `Any` from a discovery response) against the table; paths
+/// are relative to the resource.
+pub fn check_resource(any: &envoy_types::pb::google::protobuf::Any) -> Report {
+    match any_to_dynamic(any) {
+        Ok(msg) => check(&msg, ""),
+        Err(e) => Report {
+            warnings: Vec::new(),
+            rejections: vec![e],
+        },
     }
 }

@@ -33,6 +33,8 @@ pub struct AdminCtx {
     pub command_line: serde_json::Value,
     /// `server.state`: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING, 3 INITIALIZING.
     pub state: crate::stats::Gauge,
+    /// The xDS manager, once a control plane is configured (dynamic `/config_dump`).
+    pub xds: Arc<std::sync::OnceLock<Arc<crate::xds::XdsManager>>>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -173,7 +175,7 @@ fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Resp {
             refresh_server_gauges(ctx);
             text(StatusCode::OK, prometheus::render(&shared.stats.snapshot(), q.contains_key("usedonly")))
         }
-        "/config_dump" => json_resp(config_dump(shared, &q)),
+        "/config_dump" => json_resp(config_dump(ctx, &q)),
         "/clusters" => clusters(shared, &q),
         "/listeners" => listeners(shared, &q),
         "/quitquitquit" => {
@@ -270,7 +272,9 @@ fn stats(ctx: &AdminCtx, q: &HashMap<String, String>) -> Resp {
     }
 }
 
-fn config_dump(shared: &Shared, q: &HashMap<String, String>) -> serde_json::Value {
+fn config_dump(ctx: &AdminCtx, q: &HashMap<String, String>) -> serde_json::Value {
+    let shared = &ctx.shared;
+    let dynamic = ctx.xds.get().map(|x| x.dump()).unwrap_or_default();
     let b = &shared.bootstrap_json;
     let sr = &b["static_resources"];
     let now = crate::http::access_log::rfc3339_millis(std::time::SystemTime::now());
@@ -328,12 +332,25 @@ fn config_dump(shared: &Shared, q: &HashMap<String, String>) -> serde_json::Valu
     }
     let mut configs = vec![
         json!({"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump", "bootstrap": b, "last_updated": now}),
-        json!({"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump", "static_clusters": clusters}),
-        json!({"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "static_listeners": listeners}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.ClustersConfigDump",
+            "static_clusters": clusters,
+            "dynamic_active_clusters": dynamic.active_clusters,
+            "dynamic_warming_clusters": dynamic.warming_clusters}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump",
+            "static_listeners": listeners,
+            "dynamic_listeners": dynamic.listeners}),
         json!({"@type": "type.googleapis.com/envoy.admin.v3.ScopedRoutesConfigDump"}),
-        json!({"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump", "static_route_configs": routes}),
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.RoutesConfigDump",
+            "static_route_configs": routes,
+            "dynamic_route_configs": dynamic.routes}),
         json!({"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"}),
     ];
+    if q.contains_key("include_eds") {
+        configs.push(
+            json!({"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",
+            "dynamic_endpoint_configs": dynamic.endpoints}),
+        );
+    }
     if let Some(resource) = q.get("resource") {
         // `?resource=static_clusters`: the named repeated field of the matching dumps.
         configs = configs

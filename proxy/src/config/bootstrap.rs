@@ -22,7 +22,6 @@ pub struct StaticConfig {
 
 /// Compiles the static resources of `b`; errors name the field path.
 pub fn build_static(b: &Bootstrap, ctx: &super::BuildCtx<'_>) -> Result<StaticConfig, ConfigError> {
-    let stats = ctx.stats;
     let admin = match b.admin.as_ref().and_then(|a| a.address.as_ref()) {
         Some(addr) => Some(listen_addr(addr, "admin.address")?),
         None => None,
@@ -32,7 +31,7 @@ pub fn build_static(b: &Bootstrap, ctx: &super::BuildCtx<'_>) -> Result<StaticCo
     if let Some(sr) = &b.static_resources {
         for (i, c) in sr.clusters.iter().enumerate() {
             let path = format!("static_resources.clusters[{i}]");
-            let built = cluster::build(c, &path, stats)?;
+            let built = cluster::build(c, &path, ctx)?;
             if clusters
                 .insert(built.name.clone(), Arc::new(built))
                 .is_some()

@@ -13,7 +13,6 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 
 use super::address::{host_addr, HostAddr as CfgAddr};
 use super::{duration, unpack, ConfigError};
-use crate::stats::Stats;
 use crate::upstream::dns::{DnsTargets, Family};
 use crate::upstream::{
     Cluster, ClusterStats, Discovery, Host, HostAddr, HostSet, LbPolicy, UpstreamProtocol,
@@ -22,7 +21,12 @@ use crate::upstream::{
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 /// Compiles a cluster. DNS clusters start empty; `upstream::dns::resolve` fills them.
-pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster, ConfigError> {
+pub(crate) fn build(
+    c: &XdsCluster,
+    path: &str,
+    ctx: &super::BuildCtx<'_>,
+) -> Result<Cluster, ConfigError> {
+    let stats = ctx.stats;
     if c.name.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.name"),
@@ -121,67 +125,19 @@ pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster
     };
 
     // Endpoints.
-    let mut static_hosts = Vec::new();
-    let mut dns_names = Vec::new();
-    if let Some(la) = &c.load_assignment {
-        for (li, loc) in la.endpoints.iter().enumerate() {
-            let lpath = format!("{path}.load_assignment.endpoints[{li}]");
-            if loc.priority != 0 {
-                return Err(ConfigError::new(
-                    format!("{lpath}.priority"),
-                    "only priority 0 is supported",
-                ));
-            }
-            for (ei, lbe) in loc.lb_endpoints.iter().enumerate() {
-                let epath = format!("{lpath}.lb_endpoints[{ei}]");
-                let weight = lbe.load_balancing_weight.as_ref().map_or(1, |w| w.value);
-                if weight == 0 {
-                    return Err(ConfigError::new(
-                        format!("{epath}.load_balancing_weight"),
-                        "must be at least 1",
-                    ));
-                }
-                // Hosts the control plane marks unhealthy or draining take no new requests.
-                let healthy = !matches!(
-                    HealthStatus::try_from(lbe.health_status),
-                    Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
-                );
-                let endpoint = match &lbe.host_identifier {
-                    Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) => e,
-                    _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "missing")),
-                };
-                let addr = endpoint.address.as_ref().ok_or_else(|| {
-                    ConfigError::new(format!("{epath}.endpoint.address"), "missing")
-                })?;
-                let apath = format!("{epath}.endpoint.address");
-                match (host_addr(addr, &apath)?, discovery_type) {
-                    (CfgAddr::Name(name, port), cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns) => {
-                        dns_names.push((name, port, weight))
-                    }
-                    (CfgAddr::Ip(ip), cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns) => {
-                        dns_names.push((ip.ip().to_string(), ip.port(), weight))
-                    }
-                    (CfgAddr::Name(name, _), _) => {
-                        return Err(ConfigError::new(
-                            format!("{apath}.socket_address.address"),
-                            format!("{name:?} is not an IP address (use STRICT_DNS or LOGICAL_DNS for names)"),
-                        ))
-                    }
-                    (CfgAddr::Ip(ip), _) => {
-                        if healthy {
-                            static_hosts.push(Arc::new(Host::new(HostAddr::Tcp(ip), Arc::from(ip.to_string().as_str()), weight)));
-                        }
-                    }
-                    (CfgAddr::Pipe(p), _) => {
-                        if healthy {
-                            let name = Arc::from(p.display().to_string().as_str());
-                            static_hosts.push(Arc::new(Host::new(HostAddr::Unix(p), name, weight)));
-                        }
-                    }
-                }
-            }
-        }
-    }
+    let dns = matches!(
+        discovery_type,
+        cluster::DiscoveryType::StrictDns | cluster::DiscoveryType::LogicalDns
+    );
+    let (static_hosts, dns_names) = match &c.load_assignment {
+        Some(la) => assignment_hosts(
+            la,
+            &format!("{path}.load_assignment"),
+            dns,
+            &HostSet::default(),
+        )?,
+        None => (Vec::new(), Vec::new()),
+    };
 
     let family = match cluster::DnsLookupFamily::try_from(c.dns_lookup_family) {
         Ok(cluster::DnsLookupFamily::Auto) => Family::Auto,
@@ -252,10 +208,32 @@ pub(crate) fn build(c: &XdsCluster, path: &str, stats: &Stats) -> Result<Cluster
             Discovery::OriginalDst { header }
         }
         cluster::DiscoveryType::Eds => {
-            return Err(ConfigError::new(
-                format!("{path}.type"),
-                "EDS needs an xDS control plane (not yet supported)",
-            ))
+            if !ctx.xds {
+                return Err(ConfigError::new(
+                    format!("{path}.type"),
+                    "EDS needs dynamic_resources (an ADS control plane)",
+                ));
+            }
+            let eds = c.eds_cluster_config.as_ref();
+            let ads = eds.and_then(|e| e.eds_config.as_ref()).is_none_or(|cs| {
+                matches!(
+                    cs.config_source_specifier,
+                    Some(envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier::Ads(_))
+                )
+            });
+            if !ads {
+                return Err(ConfigError::new(
+                    format!("{path}.eds_cluster_config.eds_config"),
+                    "only `ads: {}` is supported as an EDS config source",
+                ));
+            }
+            let service = eds
+                .map(|e| e.service_name.as_str())
+                .filter(|s| !s.is_empty())
+                .unwrap_or(&c.name);
+            Discovery::Eds {
+                service_name: Arc::from(service),
+            }
         }
     };
 
@@ -350,4 +328,91 @@ fn protocol(
         proto = UpstreamProtocol::UseDownstream;
     }
     Ok((proto, case))
+}
+
+/// Hosts of a `ClusterLoadAssignment` (static `load_assignment` or EDS).
+///
+/// Priorities: the lowest priority level with a healthy host serves (failover without
+/// Envoy's overprovisioning factor, which the policy work adds). Hosts unchanged from
+/// `previous` (same address and weight) are reused, so their pools and counters survive an
+/// EDS update. For DNS clusters the names are returned instead.
+#[allow(clippy::type_complexity)]
+pub(crate) fn assignment_hosts(
+    la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+    path: &str,
+    dns: bool,
+    previous: &HostSet,
+) -> Result<(Vec<Arc<Host>>, Vec<(String, u16, u32)>), ConfigError> {
+    use std::collections::BTreeMap;
+    let mut by_priority: BTreeMap<u32, Vec<Arc<Host>>> = BTreeMap::new();
+    let mut dns_names = Vec::new();
+    for (li, loc) in la.endpoints.iter().enumerate() {
+        let lpath = format!("{path}.endpoints[{li}]");
+        if dns && loc.priority != 0 {
+            return Err(ConfigError::new(
+                format!("{lpath}.priority"),
+                "DNS clusters support only priority 0",
+            ));
+        }
+        for (ei, lbe) in loc.lb_endpoints.iter().enumerate() {
+            let epath = format!("{lpath}.lb_endpoints[{ei}]");
+            let weight = lbe.load_balancing_weight.as_ref().map_or(1, |w| w.value);
+            if weight == 0 {
+                return Err(ConfigError::new(
+                    format!("{epath}.load_balancing_weight"),
+                    "must be at least 1",
+                ));
+            }
+            // Hosts the control plane marks unhealthy or draining take no new requests.
+            let healthy = !matches!(
+                HealthStatus::try_from(lbe.health_status),
+                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
+            );
+            let endpoint = match &lbe.host_identifier {
+                Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) => e,
+                _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "missing")),
+            };
+            let apath = format!("{epath}.endpoint.address");
+            let addr = endpoint
+                .address
+                .as_ref()
+                .ok_or_else(|| ConfigError::new(apath.clone(), "missing"))?;
+            let host_addr = match (host_addr(addr, &apath)?, dns) {
+                (CfgAddr::Name(name, port), true) => {
+                    dns_names.push((name, port, weight));
+                    continue;
+                }
+                (CfgAddr::Ip(ip), true) => {
+                    dns_names.push((ip.ip().to_string(), ip.port(), weight));
+                    continue;
+                }
+                (CfgAddr::Name(name, _), false) => return Err(ConfigError::new(
+                    format!("{apath}.socket_address.address"),
+                    format!(
+                        "{name:?} is not an IP address (use STRICT_DNS or LOGICAL_DNS for names)"
+                    ),
+                )),
+                (CfgAddr::Ip(ip), false) => HostAddr::Tcp(ip),
+                (CfgAddr::Pipe(p), _) => HostAddr::Unix(p),
+            };
+            if !healthy {
+                continue;
+            }
+            let host = previous
+                .hosts
+                .iter()
+                .find(|h| h.addr == host_addr && h.weight == weight)
+                .cloned()
+                .unwrap_or_else(|| {
+                    let name: Arc<str> = Arc::from(host_addr.to_string().as_str());
+                    Arc::new(Host::new(host_addr, name, weight))
+                });
+            by_priority.entry(loc.priority).or_default().push(host);
+        }
+    }
+    let hosts = by_priority
+        .into_values()
+        .find(|h| !h.is_empty())
+        .unwrap_or_default();
+    Ok((hosts, dns_names))
 }

@@ -24,6 +24,8 @@ pub struct BuildCtx<'a> {
     pub stats: &'a crate::stats::Stats,
     /// RDS route slots; `None` when there is no control plane (then `rds` is refused).
     pub routes: Option<&'a crate::route::RouteStore>,
+    /// A control plane is configured (EDS clusters are allowed).
+    pub xds: bool,
 }
 
 /// A configuration value Petrel cannot use.

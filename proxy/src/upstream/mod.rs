@@ -29,6 +29,11 @@ pub enum Discovery {
     StrictDns(dns::DnsTargets),
     /// The first address of the one name, refreshed.
     LogicalDns(dns::DnsTargets),
+    /// Endpoints from EDS, under this service name.
+    Eds {
+        /// `eds_cluster_config.service_name` (or the cluster name).
+        service_name: Arc<str>,
+    },
     /// The downstream connection's original destination (or a header).
     OriginalDst {
         /// Header naming the destination, when `use_http_header` is set.
