@@ -78,6 +78,10 @@ pub fn kinds() -> Result<Vec<ProxyKind>, String> {
             .collect(),
         _ => ProxyKind::ALL.to_vec(),
     };
+    assert!(
+        !kinds.is_empty(),
+        "E2E_PROXIES names no known proxy (use envoy, petrel or both)"
+    );
     if kinds.contains(&ProxyKind::Envoy) {
         ProxyKind::Envoy.binary()?;
     }

@@ -61,8 +61,20 @@ static_resources:
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{ns_ip}}", port_value: 8080}}}}]}]
 "#;
 
+/// A `python3 -m http.server` inside the namespace and the directory it serves.
+struct PythonUpstream {
+    _child: KillOnDrop,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for PythonUpstream {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Starts `python3 -m http.server` inside the namespace, serving a file `id` that names it.
-async fn start_python_upstream(ns: &NetNs, port: u16) -> anyhow::Result<KillOnDrop> {
+async fn start_python_upstream(ns: &NetNs, port: u16) -> anyhow::Result<PythonUpstream> {
     let dir = std::env::temp_dir()
         .join("petrel-e2e")
         .join(format!("{}-www-{port}", ns.name()));
@@ -78,7 +90,10 @@ async fn start_python_upstream(ns: &NetNs, port: u16) -> anyhow::Result<KillOnDr
         "--directory",
         &dir.display().to_string(),
     ])?;
-    let child = KillOnDrop(child);
+    let upstream = PythonUpstream {
+        _child: KillOnDrop(child),
+        dir,
+    };
     let addr = SocketAddr::from((ns.ns_ip(), port));
     wait::wait_until(
         &format!("python upstream on {addr}"),
@@ -86,7 +101,7 @@ async fn start_python_upstream(ns: &NetNs, port: u16) -> anyhow::Result<KillOnDr
         || async move { tokio::net::TcpStream::connect(addr).await.is_ok() },
     )
     .await?;
-    Ok(child)
+    Ok(upstream)
 }
 
 async fn original_dst_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
