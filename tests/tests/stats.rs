@@ -132,6 +132,10 @@ async fn stats_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
         ("cluster.a.upstream_cx_total", 1),
         ("cluster.a.upstream_cx_http1_total", 1),
         ("cluster.a.upstream_cx_connect_fail", 0),
+        // A request that never got a connection is not in upstream_rq_total (Envoy counts it
+        // when a stream is created on a connection), but is completed and 503.
+        ("cluster.closed.upstream_rq_total", 0),
+        ("cluster.closed.upstream_rq_completed", 1),
         ("cluster.closed.upstream_cx_total", 1),
         ("cluster.closed.upstream_cx_connect_fail", 1),
         ("cluster.closed.upstream_cx_active", 0),

@@ -34,6 +34,16 @@ static_resources:
           stat_prefix: tcp_weighted
           weighted_clusters:
             clusters: [{name: echo2, weight: 1}]
+  - name: idle
+    address: {socket_address: {address: 127.0.0.1, port_value: {{port:idle}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_idle
+          cluster: echo2
+          idle_timeout: 1s
   - name: refused
     address: {socket_address: {address: 127.0.0.1, port_value: {{port:refused}}}}
     filter_chains:
@@ -102,6 +112,31 @@ async fn tcp_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
     anyhow::ensure!(got == 0, "{kind}: refused upstream returned {got} bytes");
     obs.record("refused bytes", got);
 
+    info!("idle_timeout closes a silent connection (both directions idle)");
+    let mut idle = tokio::net::TcpStream::connect(proxy.addr("idle")).await?;
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        idle.write_all(b"ping").await?;
+        let mut buf = [0u8; 4];
+        idle.read_exact(&mut buf).await?;
+        anyhow::ensure!(&buf == b"ping", "{kind}: idle listener echo {buf:?}");
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            idle.read_to_end(&mut rest),
+        )
+        .await
+        .with_context(|| format!("{kind}: idle connection still open after 30s"))??;
+        obs.record("idle close: bytes after ping", n);
+    }
+    obs.stat_eq(
+        &proxy,
+        "tcp.tcp_idle.idle_timeout",
+        "tcp.tcp_idle.idle_timeout",
+        1,
+    )
+    .await?;
+
     let listener = proxy.listener_stat_prefix("tcp");
     obs.stat_eq(
         &proxy,
@@ -135,7 +170,7 @@ async fn tcp_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
         &proxy,
         "cluster.echo2.upstream_cx_total",
         "cluster.echo2.upstream_cx_total",
-        1,
+        2,
     )
     .await?;
     obs.stat_eq(
