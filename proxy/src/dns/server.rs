@@ -135,9 +135,8 @@ impl DnsServer {
         names: Arc<ArcSwap<MeshNames>>,
         stats: &Stats,
     ) -> io::Result<Self> {
-        let udp = UdpSocket::bind(cfg.listen).await?;
+        let (udp, tcp) = bind_pair(cfg.listen).await?;
         let local = udp.local_addr()?;
-        let tcp = TcpListener::bind(local).await?;
         let upstreams: Vec<SocketAddr> = cfg
             .upstreams
             .into_iter()
@@ -179,6 +178,20 @@ impl DnsServer {
             _ = shutdown => debug!("mesh DNS stopped"),
             _ = udp_loop => {},
             _ = tcp_loop => {},
+        }
+    }
+}
+
+/// UDP and TCP on the same address. With port 0 the kernel picks the UDP port, which TCP may
+/// already use elsewhere: try a few ports.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let mut attempts = if addr.port() == 0 { 16 } else { 1 };
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && attempts > 1 => attempts -= 1,
+            Err(e) => return Err(e),
         }
     }
 }
