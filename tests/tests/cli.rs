@@ -122,3 +122,38 @@ async fn flags_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
 async fn version_and_unknown_flags() {
     differential(flags_scenario).await;
 }
+
+async fn node_flags_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
+    let b = Upstream::start("b").await?;
+    let yaml = http_bootstrap(TO_B, &[cluster("b", &[b.addr()])]);
+    let args = [
+        "--service-node",
+        "node-1",
+        "--service-cluster",
+        "cluster-1",
+        "--drain-time-s",
+        "7",
+    ];
+    let proxy = Proxy::start(kind, &yaml, &args).await?;
+    let mut obs = Observations::new(kind);
+    let info: serde_json::Value =
+        serde_json::from_slice(&proxy.admin().get("/server_info").await?.body)?;
+    let node = &info["node"];
+    anyhow::ensure!(
+        node["id"] == "node-1" && node["cluster"] == "cluster-1",
+        "{kind}: node {node}"
+    );
+    let opts = &info["command_line_options"];
+    obs.record("node.id", node["id"].clone());
+    obs.record("node.cluster", node["cluster"].clone());
+    obs.record("options.service_node", opts["service_node"].clone());
+    obs.record("options.service_cluster", opts["service_cluster"].clone());
+    obs.record("options.drain_time", opts["drain_time"].clone());
+    obs.record("options.mode", opts["mode"].clone());
+    Ok(obs)
+}
+
+#[tokio::test]
+async fn service_node_and_cluster_flags_reach_server_info() {
+    differential(node_flags_scenario).await;
+}
