@@ -368,7 +368,9 @@ fn hcm(
                     "must not be empty",
                 ));
             }
-            (store.slot(&rds.route_config_name), false)
+            let slot = store.slot(&rds.route_config_name);
+            slot.add_stat_prefix(&c.stat_prefix);
+            (slot, false)
         }
         Some(_) => return Err(ConfigError::new(path, "route specifier not supported")),
         None => return Err(ConfigError::new(path, "missing route_config")),

@@ -25,6 +25,9 @@ pub struct RouteSlot {
     pub table: arc_swap::ArcSwap<RouteTable>,
     /// Whether a table has arrived (listeners warm until it has).
     pub loaded: std::sync::atomic::AtomicBool,
+    /// `stat_prefix`es of the connection managers using this slot: RDS stats are kept per
+    /// connection manager (`http.<prefix>.rds.<name>.update_*`), as Envoy does.
+    pub stat_prefixes: std::sync::Mutex<Vec<String>>,
 }
 
 impl RouteSlot {
@@ -34,6 +37,7 @@ impl RouteSlot {
             name: table.name.clone(),
             table: arc_swap::ArcSwap::from_pointee(table),
             loaded: std::sync::atomic::AtomicBool::new(true),
+            stat_prefixes: Default::default(),
         }
     }
 
@@ -43,6 +47,22 @@ impl RouteSlot {
             name: Arc::from(name),
             ..Default::default()
         }
+    }
+
+    /// Records that a connection manager with `prefix` uses this slot.
+    pub fn add_stat_prefix(&self, prefix: &str) {
+        let mut p = self.stat_prefixes.lock().unwrap_or_else(|e| e.into_inner());
+        if !p.iter().any(|x| x == prefix) {
+            p.push(prefix.to_string());
+        }
+    }
+
+    /// The connection managers' stat prefixes.
+    pub fn stat_prefixes(&self) -> Vec<String> {
+        self.stat_prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Whether the routes have arrived.

@@ -39,6 +39,10 @@ pub use dump::DynamicDump;
 #[derive(Debug, Clone)]
 struct Accepted<T> {
     proto: T,
+    /// The resource's encoded bytes: an identical resource in a later response (SotW sends
+    /// every resource every time) is recognised by a byte comparison, without decoding,
+    /// checking or compiling it, so an update costs in proportion to what changed.
+    raw: Vec<u8>,
     version: String,
     updated: SystemTime,
 }
@@ -92,6 +96,31 @@ impl UpdateStats {
             rejected: stats.counter(&format!("{prefix}.update_rejected")),
         }
     }
+}
+
+/// `http.<prefix>.rds.<route_config>.update_*` for every connection manager using a route
+/// configuration.
+struct RdsStats(Vec<UpdateStats>);
+
+impl RdsStats {
+    fn new(stats: &Stats, prefixes: Option<Vec<String>>, name: &str) -> Self {
+        RdsStats(
+            prefixes
+                .unwrap_or_default()
+                .iter()
+                .map(|p| UpdateStats::new(stats, &format!("http.{p}.rds.{name}")))
+                .collect(),
+        )
+    }
+}
+
+/// Bumps one counter of every connection manager's RDS stats.
+macro_rules! rds_inc {
+    ($s:expr, $field:ident) => {
+        for u in &$s.0 {
+            u.$field.inc();
+        }
+    };
 }
 
 /// The dynamic half of the configuration.
@@ -181,6 +210,14 @@ impl XdsManager {
                 ));
                 continue;
             }
+            if st
+                .clusters
+                .get(&r.name)
+                .is_some_and(|c| c.accepted.raw == r.body.value)
+                && !st.warming_clusters.contains_key(&r.name)
+            {
+                continue; // byte-identical to the serving version
+            }
             let proto: XdsCluster = match checked(r) {
                 Ok(p) => p,
                 Err(e) => {
@@ -206,6 +243,7 @@ impl XdsManager {
             let dc = DynCluster {
                 accepted: Accepted {
                     proto,
+                    raw: r.body.value.clone(),
                     version: r.version.clone(),
                     updated: SystemTime::now(),
                 },
@@ -281,6 +319,13 @@ impl XdsManager {
     fn apply_endpoints(&self, st: &mut State, u: &ResourceUpdate<'_>) -> Vec<Rejection> {
         let mut rejected = Vec::new();
         for r in u.resources {
+            if st
+                .endpoints
+                .get(&r.name)
+                .is_some_and(|e| e.raw == r.body.value)
+            {
+                continue;
+            }
             let cla: ClusterLoadAssignment = match checked(r) {
                 Ok(p) => p,
                 Err(e) => {
@@ -305,6 +350,7 @@ impl XdsManager {
                 r.name.clone(),
                 Accepted {
                     proto: cla,
+                    raw: r.body.value.clone(),
                     version: r.version.clone(),
                     updated: SystemTime::now(),
                 },
@@ -335,6 +381,17 @@ impl XdsManager {
         self.lds.attempt.inc();
         let mut rejected = Vec::new();
         for r in u.resources {
+            if st
+                .listeners
+                .get(&r.name)
+                .is_some_and(|l| l.accepted.raw == r.body.value)
+                || st
+                    .warming_listeners
+                    .get(&r.name)
+                    .is_some_and(|l| l.accepted.raw == r.body.value)
+            {
+                continue;
+            }
             let proto: XdsListener = match checked(r) {
                 Ok(p) => p,
                 Err(e) => {
@@ -363,6 +420,7 @@ impl XdsManager {
             let dl = DynListener {
                 accepted: Accepted {
                     proto,
+                    raw: r.body.value.clone(),
                     version: r.version.clone(),
                     updated: SystemTime::now(),
                 },
@@ -435,18 +493,30 @@ impl XdsManager {
     fn apply_routes(&self, st: &mut State, u: &ResourceUpdate<'_>) -> Vec<Rejection> {
         let mut rejected = Vec::new();
         for r in u.resources {
-            let stats = UpdateStats::new(&self.stats, &format!("rds.{}", r.name));
-            stats.attempt.inc();
+            let stats = RdsStats::new(
+                &self.stats,
+                self.routes.get(&r.name).map(|s| s.stat_prefixes()),
+                &r.name,
+            );
+            rds_inc!(stats, attempt);
+            if st
+                .routes
+                .get(&r.name)
+                .is_some_and(|a| a.raw == r.body.value)
+            {
+                rds_inc!(stats, success);
+                continue;
+            }
             let proto: RouteConfiguration = match checked(r) {
                 Ok(p) => p,
                 Err(e) => {
-                    stats.rejected.inc();
+                    rds_inc!(stats, rejected);
                     rejected.push(Rejection::new(&r.name, e));
                     continue;
                 }
             };
             if st.routes.get(&r.name).is_some_and(|a| a.proto == proto) {
-                stats.success.inc();
+                rds_inc!(stats, success);
                 continue;
             }
             match config::route::build(&proto, "") {
@@ -458,14 +528,15 @@ impl XdsManager {
                         r.name.clone(),
                         Accepted {
                             proto,
+                            raw: r.body.value.clone(),
                             version: r.version.clone(),
                             updated: SystemTime::now(),
                         },
                     );
-                    stats.success.inc();
+                    rds_inc!(stats, success);
                 }
                 Err(e) => {
-                    stats.rejected.inc();
+                    rds_inc!(stats, rejected);
                     rejected.push(Rejection::new(&r.name, e.to_string()));
                 }
             }
