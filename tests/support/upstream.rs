@@ -76,7 +76,12 @@ struct Counters {
 impl Upstream {
     /// Starts an echo server named `name` on a fresh loopback port.
     pub async fn start(name: &str) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Self::start_on(name, Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts an echo server named `name` on a fresh port of `ip` (e.g. `::1`).
+    pub async fn start_on(name: &str, ip: std::net::IpAddr) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let counters = Arc::new(Counters::default());
         let name_owned: Arc<str> = name.into();
