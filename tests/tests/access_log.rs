@@ -37,6 +37,10 @@ virtual_hosts:
     route: {cluster: a, timeout: 1s}
   - match: {prefix: "/direct"}
     direct_response: {status: 200, body: {inline_string: "direct"}}
+  - match: {prefix: "/by-header"}
+    route: {cluster_header: x-cluster}
+  - match: {prefix: "/empty"}
+    route: {cluster: empty}
   - match: {prefix: "/a/"}
     route: {cluster: a}
 "#;
@@ -50,6 +54,8 @@ const CUSTOM: &[&str] = &[
     "GET /a/reset HTTP/1.1 503 UC a 0 - -",
     "POST /a/post HTTP/1.1 200 - a 11 custom-value a",
     "GET /direct HTTP/1.1 200 - - 0 - -",
+    "GET /by-header HTTP/1.1 503 NC - 0 - -",
+    "GET /empty HTTP/1.1 503 UH empty 0 - -",
     "GET /a/h2 HTTP/2 200 - a 0 - a",
 ];
 
@@ -70,6 +76,7 @@ async fn access_log_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
         &[
             cluster("a", &[a.addr()]),
             cluster("closed", &[closed.addr()]),
+            cluster("empty", &[]),
         ],
     );
     // Envoy flushes access logs every 10 s by default; flush fast so the test need not wait.
@@ -90,6 +97,21 @@ async fn access_log_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
         .body(full("hello world"))?;
     c.send(req).await?;
     c.get("log.test", "/direct").await?;
+    let nc = c.get("log.test", "/by-header").await?;
+    anyhow::ensure!(
+        nc.status == 503,
+        "{kind}: missing cluster_header → {}",
+        nc.status
+    );
+    obs.record("NC body", nc.text());
+    let uh = c.get("log.test", "/empty").await?;
+    anyhow::ensure!(
+        uh.status == 503 && uh.text() == "no healthy upstream",
+        "{kind}: empty cluster → {} {:?}",
+        uh.status,
+        uh.text()
+    );
+    obs.record("UH body", uh.text());
     HttpClient::connect(proxy.addr("http"), Proto::H2c)
         .await?
         .get("log.test", "/a/h2")
