@@ -55,6 +55,11 @@ async fn validate_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(
+            !stderr.contains("panicked at"),
+            "{kind}: validate {what} panicked:\n{stderr}"
+        );
         obs.record(format!("validate {what}"), out.status.success());
     }
     Ok(obs)
