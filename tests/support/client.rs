@@ -147,6 +147,16 @@ impl HttpClient {
     }
 
     async fn send_inner(&mut self, req: Request<Body>) -> anyhow::Result<Reply> {
+        let resp = self.send_streaming(req).await?;
+        Reply::read(resp).await
+    }
+
+    /// Sends `req` and returns as soon as the response head arrives; the body is read by the
+    /// caller frame by frame (`http_body_util::BodyExt::frame`). For streaming checks.
+    pub async fn send_streaming(
+        &mut self,
+        req: Request<Body>,
+    ) -> anyhow::Result<Response<Incoming>> {
         let resp = match &mut self.sender {
             Sender::H1(s) => {
                 s.ready().await?;
@@ -157,7 +167,7 @@ impl HttpClient {
                 s.send_request(req).await?
             }
         };
-        Reply::read(resp).await
+        Ok(resp)
     }
 
     /// `GET host path` with no body.
@@ -253,6 +263,16 @@ pub fn empty() -> Body {
 /// A body with a known length (sent with `content-length`).
 pub fn full(data: impl Into<Bytes>) -> Body {
     Full::new(data.into()).boxed()
+}
+
+/// A request body fed frame by frame through the returned sender; it ends when the sender is
+/// dropped. No known length (chunked over HTTP/1.1).
+pub fn channel() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|d| (Ok(Frame::data(d)), rx))
+    });
+    (tx, StreamBody::new(frames).boxed())
 }
 
 /// A body of several frames with no known length (sent chunked over HTTP/1.1).

@@ -12,6 +12,8 @@
 //! | `x-echo-chunks: 4` | send the body in that many frames with no content-length (chunked on h1) |
 //! | `x-echo-response-header: name=value` | add a response header (repeatable) |
 //! | `x-echo-body-error: 1` | send headers and part of the body, then fail the stream |
+//! | `x-echo-hold: 1` | send headers and `first\n` at once, `rest\n` only after [`Upstream::release`] |
+//! | `x-echo-duplex: 1` | answer at once and stream the request body back frame by frame |
 
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -69,6 +71,8 @@ pub struct Echo {
 struct Counters {
     connections: AtomicUsize,
     requests: AtomicUsize,
+    /// Releases held responses (`x-echo-hold`); a permit is stored if nobody waits yet.
+    release: tokio::sync::Notify,
 }
 
 // === impl Upstream ===
@@ -113,6 +117,11 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Lets one held (`x-echo-hold`) response send its remaining body.
+    pub fn release(&self) {
+        self.counters.release.notify_one();
     }
 
     /// Requests received so far (counted on arrival, before any delay).
@@ -173,6 +182,39 @@ async fn handle(
     counters.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let h = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    if h("x-echo-hold").is_some() {
+        let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"first\n")))]);
+        let rest = futures_util::stream::once(async move {
+            counters.release.notified().await;
+            Ok(Frame::data(Bytes::from_static(b"rest\n")))
+        });
+        let body = StreamBody::new(futures_util::StreamExt::chain(first, rest)).boxed();
+        return Ok(Response::builder()
+            .header(UPSTREAM_NAME_HEADER, &*name)
+            .body(body)
+            .expect("valid response"));
+    }
+    if h("x-echo-duplex").is_some() {
+        // Forward each request frame as it arrives; the response starts before the request ends.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let mut body = body;
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    if tx.send(data).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|d| (Ok(Frame::data(d)), rx))
+        });
+        return Ok(Response::builder()
+            .header(UPSTREAM_NAME_HEADER, &*name)
+            .body(StreamBody::new(frames).boxed())
+            .expect("valid response"));
+    }
     let status = h("x-echo-status")
         .and_then(|s| s.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
