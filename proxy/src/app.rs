@@ -43,6 +43,9 @@ pub fn main() -> ExitCode {
             }
         };
     }
+    if argv.get(1).is_some_and(|a| a == "run") {
+        return run_with_capture(argv);
+    }
     let args = match Args::try_parse_from(&argv) {
         Ok(a) => a,
         Err(e) => {
@@ -55,6 +58,109 @@ pub fn main() -> ExitCode {
         }
     };
     match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("petrel: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `petrel run [--capture] [redirect flags] -- [proxy flags]`.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "petrel run",
+    about = "Run the proxy; with --capture, install capture rules before serving and remove them on exit",
+    after_help = "Proxy flags (Envoy's, plus --spec/--mesh-dns) follow `--`."
+)]
+struct RunArgs {
+    /// Install capture rules (the redirect flags below) before serving; remove them on exit.
+    /// Rules left by a crashed run (recorded in --state-file) are removed first.
+    #[arg(long)]
+    capture: bool,
+    #[command(flatten)]
+    redirect: redirect::RedirectArgs,
+}
+
+/// Where `petrel run --capture` records installed rules when --state-file is not given.
+const DEFAULT_CAPTURE_STATE: &str = "/run/petrel/capture.state";
+
+fn run_with_capture(argv: Vec<std::ffi::OsString>) -> ExitCode {
+    let split = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+    let run_args = std::iter::once(std::ffi::OsString::from("petrel run"))
+        .chain(argv[2..split].iter().cloned());
+    let proxy_args = std::iter::once(std::ffi::OsString::from("petrel"))
+        .chain(argv.iter().skip(split + 1).cloned());
+    let (mut run_args, args) = match (
+        <RunArgs as clap::Parser>::try_parse_from(run_args),
+        Args::try_parse_from(proxy_args),
+    ) {
+        (Ok(r), Ok(a)) => (r, a),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let mut guard = None;
+    if run_args.capture {
+        // Inbound ports default to the application's ports from spec.yaml.
+        if run_args.redirect.inbound_ports.is_empty() {
+            if let Some(path) = &args.spec {
+                match crate::spec::AppSpec::load(path) {
+                    Ok(spec) => {
+                        run_args.redirect.inbound_ports = spec
+                            .inbound_ports()
+                            .iter()
+                            .map(u16::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",");
+                    }
+                    Err(e) => {
+                        eprintln!("petrel run: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            }
+        }
+        let state_file = run_args
+            .redirect
+            .state_file
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_CAPTURE_STATE));
+        if let Some(dir) = state_file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let installed = run_args
+            .redirect
+            .to_config(&redirect::HostDefaults::detect())
+            .and_then(|cfg| {
+                redirect::CaptureGuard::install(
+                    &cfg,
+                    redirect::ApplyOptions {
+                        backend: run_args.redirect.backend,
+                        state_file: Some(state_file),
+                    },
+                )
+            });
+        match installed {
+            Ok(g) => guard = Some(g),
+            Err(e) => {
+                eprintln!("petrel run: capture: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let result = run(args);
+    if let Some(g) = guard {
+        if let Err(e) = g.remove() {
+            eprintln!("petrel run: removing capture rules: {e}");
+        }
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("petrel: {e:#}");
@@ -113,6 +219,23 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(z) = &args.service_zone {
         node.locality.get_or_insert_with(Default::default).zone = z.clone();
     }
+    let spec = match &args.spec {
+        Some(path) => Some(crate::spec::AppSpec::load(path)?),
+        None => None,
+    };
+    if let Some(spec) = &spec {
+        // The control plane learns the application's services and ports from the node
+        // metadata (the TSF Mesh design); keep whatever else the bootstrap put there.
+        let md = node.metadata.get_or_insert_with(Default::default);
+        md.fields.insert(
+            crate::spec::NODE_METADATA_KEY.to_string(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(
+                    spec.to_node_metadata_struct(),
+                )),
+            },
+        );
+    }
     let node_ids = (node.id.clone(), node.cluster.clone());
 
     let stats = Stats::default();
@@ -141,6 +264,37 @@ fn run(args: Args) -> anyhow::Result<()> {
     let bootstrap_json =
         xds_client::decode::to_json(&bootstrap, "envoy.config.bootstrap.v3.Bootstrap");
     let shared = Arc::new(Shared::new(stats.clone(), bootstrap_json, node_ids));
+    // VM mode: the mesh DNS answers mesh names with capture addresses.
+    let mesh = match args.mesh_dns {
+        Some(_) => {
+            let cidr: crate::dns::CaptureCidr = args
+                .capture_cidr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--capture-cidr: {e}"))?;
+            let rc = crate::dns::ResolvConf::system()
+                .map_err(|e| anyhow::anyhow!("reading /etc/resolv.conf: {e}"))?;
+            let ns = bootstrap
+                .node
+                .as_ref()
+                .and_then(|n| n.metadata.as_ref())
+                .and_then(|m| m.fields.get("NAMESPACE"))
+                .and_then(|v| match &v.kind {
+                    Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                });
+            Some((
+                Arc::new(crate::mesh::Mesh::new(
+                    cidr,
+                    rc.name_context(ns),
+                    &bootstrap,
+                )),
+                rc,
+            ))
+        }
+        None => None,
+    };
     // Lifecycle state; the `server.state` stat is derived from it (and from
     // /healthcheck/fail) when read.
     let state = crate::stats::Gauge::detached();
@@ -198,6 +352,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             }),
             state: state.clone(),
             xds: xds_slot.clone(),
+            mesh: mesh.as_ref().map(|(m, _)| m.clone()),
+            spec: spec.as_ref().map(|s| s.to_node_metadata()),
         });
         std::thread::Builder::new()
             .name("petrel-admin".into())
@@ -219,6 +375,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     rt.block_on(async move {
+        if let (Some(addr), Some((mesh, rc))) = (args.mesh_dns, &mesh) {
+            let cfg = crate::dns::DnsConfig {
+                listen: addr,
+                ..crate::dns::DnsConfig::new(rc.nameservers.clone())
+            };
+            let server = crate::dns::DnsServer::bind(cfg, mesh.names.clone(), &stats)
+                .await
+                .map_err(|e| anyhow::anyhow!("--mesh-dns {addr}: {e}"))?;
+            let mut drain = shared.drain_signal();
+            tokio::spawn(server.run(async move { crate::http::drained(&mut drain).await }));
+            info!("mesh DNS on {addr}");
+        }
         // Clusters: resolve DNS clusters before listeners open (Envoy's init manager waits
         // for the first resolution of each cluster).
         state.set(3); // INITIALIZING
@@ -259,6 +427,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 (**shared.clusters.load()).clone(),
             );
             let _ = xds_slot.set(manager.clone());
+            if let Some((m, _)) = &mesh {
+                manager.set_mesh(m.clone());
+            }
             let channel = xds_client::ads::connect_channel(&settings.target)
                 .map_err(|e| anyhow::anyhow!("dynamic_resources.ads_config: {e}"))?;
             let (client, handle) = xds_client::ads::AdsClient::new(channel, settings.config, manager.clone());

@@ -114,6 +114,21 @@ pub struct Args {
     /// Maximum stat name length (accepted; Petrel does not limit names).
     #[arg(long = "max-obj-name-len")]
     pub max_obj_name_len: Option<u64>,
+
+    // --- Petrel's own flags (not Envoy's) ---
+    /// The application's `spec.yaml` (services, ports, protocol, health path): sent in the
+    /// node metadata and shown in `/config_dump`; `petrel run --capture` captures its ports.
+    #[arg(long = "spec")]
+    pub spec: Option<PathBuf>,
+
+    /// Serve the mesh DNS on this address (e.g. 127.0.0.1:15053): mesh service names resolve
+    /// to capture addresses, every other name is forwarded to /etc/resolv.conf's resolvers.
+    #[arg(long = "mesh-dns")]
+    pub mesh_dns: Option<std::net::SocketAddr>,
+
+    /// The range capture addresses are allocated from.
+    #[arg(long = "capture-cidr", default_value = "240.240.0.0/16")]
+    pub capture_cidr: String,
 }
 
 /// `--mode`.

@@ -11,6 +11,7 @@
 //! - `server`: state shared by listeners and admin.
 //! - `runtime`: the listener manager (bind, hitless replace, drain).
 //! - `xds`: the ADS resource sink: CDS/EDS/LDS/RDS → runtime objects, warming, NACKs.
+//! - `dns` / `mesh` / `spec`: VM mode: the mesh DNS, its name table, the app's spec.yaml.
 //! - `admin`: Envoy-compatible admin endpoints.
 //! - `app`: process lifecycle: load, validate, serve, drain.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dns;
 pub mod http;
 pub mod listener;
+pub mod mesh;
 pub mod policy;
 pub mod route;
 pub mod runtime;

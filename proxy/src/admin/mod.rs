@@ -33,6 +33,10 @@ pub struct AdminCtx {
     pub command_line: serde_json::Value,
     /// `server.state`: 0 LIVE, 1 DRAINING, 2 PRE_INITIALIZING, 3 INITIALIZING.
     pub state: crate::stats::Gauge,
+    /// VM mode's mesh names (shown in `/config_dump`).
+    pub mesh: Option<Arc<crate::mesh::Mesh>>,
+    /// The application's spec.yaml (shown in `/config_dump`).
+    pub spec: Option<serde_json::Value>,
     /// The xDS manager, once a control plane is configured (dynamic `/config_dump`).
     pub xds: Arc<std::sync::OnceLock<Arc<crate::xds::XdsManager>>>,
 }
@@ -345,6 +349,15 @@ fn config_dump(ctx: &AdminCtx, q: &HashMap<String, String>) -> serde_json::Value
             "dynamic_route_configs": dynamic.routes}),
         json!({"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump"}),
     ];
+    if ctx.mesh.is_some() || ctx.spec.is_some() {
+        // Petrel's own section (Envoy has no equivalent): the app spec and the mesh names
+        // the DNS answers.
+        configs.push(json!({
+            "@type": "type.googleapis.com/petrel.admin.v1.MeshConfigDump",
+            "application_spec": ctx.spec,
+            "mesh_names": ctx.mesh.as_ref().map(|m| serde_json::to_value(m.names.load().dump()).unwrap_or_default()),
+        }));
+    }
     if q.contains_key("include_eds") {
         configs.push(
             json!({"@type": "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump",

@@ -132,6 +132,7 @@ pub struct XdsManager {
     /// Bootstrap clusters: never removed by CDS.
     static_clusters: ClusterTable,
     handle: OnceLock<AdsHandle>,
+    mesh: OnceLock<Arc<crate::mesh::Mesh>>,
     state: Mutex<State>,
     /// Turns true once CDS/EDS/LDS/RDS have all delivered (or timed out): the server is LIVE.
     initialized: tokio::sync::watch::Sender<bool>,
@@ -169,6 +170,7 @@ impl XdsManager {
             stats,
             static_clusters,
             handle: OnceLock::new(),
+            mesh: OnceLock::new(),
             state: Mutex::new(State::default()),
             initialized: tokio::sync::watch::channel(false).0,
         })
@@ -177,6 +179,20 @@ impl XdsManager {
     /// Gives the manager the client handle it uses to change EDS/RDS subscriptions.
     pub fn set_handle(&self, handle: AdsHandle) {
         let _ = self.handle.set(handle);
+    }
+
+    /// Keeps the mesh DNS names in step with dynamic clusters and routes.
+    pub fn set_mesh(&self, mesh: Arc<crate::mesh::Mesh>) {
+        let _ = self.mesh.set(mesh);
+    }
+
+    fn update_mesh(&self, st: &State) {
+        if let Some(m) = self.mesh.get() {
+            m.update(
+                st.clusters.keys().map(String::as_str),
+                st.routes.values().map(|a| &a.proto),
+            );
+        }
     }
 
     /// Resolves when the first configuration has been applied (or timed out).
@@ -582,10 +598,18 @@ impl ResourceSink for XdsManager {
     fn apply(&self, u: ResourceUpdate<'_>) -> Vec<Rejection> {
         let mut st = self.lock();
         let rejected = match u.type_url {
-            type_url::CLUSTER => self.apply_clusters(&mut st, &u),
+            type_url::CLUSTER => {
+                let r = self.apply_clusters(&mut st, &u);
+                self.update_mesh(&st);
+                r
+            }
             type_url::ENDPOINT => self.apply_endpoints(&mut st, &u),
             type_url::LISTENER => self.apply_listeners(&mut st, &u),
-            type_url::ROUTE => self.apply_routes(&mut st, &u),
+            type_url::ROUTE => {
+                let r = self.apply_routes(&mut st, &u);
+                self.update_mesh(&st);
+                r
+            }
             other => u
                 .resources
                 .iter()
