@@ -8,9 +8,10 @@
 //! stated):
 //! - `max_connections`: upstream connections open across all hosts of the cluster. HTTP/1 uses
 //!   one connection per in-flight request, so this also caps HTTP/1 concurrency; HTTP/2
-//!   multiplexes, so it caps connections only. When a host's pool has *no* connection at all
-//!   Envoy still creates one even if the breaker is open (and counts `upstream_cx_overflow`),
-//!   so a cluster never deadlocks; use [`PriorityBreakers::acquire_cx_forced`] for that case.
+//!   multiplexes, so it caps connections only. Draining connections count too. When a host's
+//!   pool has *no* connection at all Envoy still creates one even if the breaker is open (and
+//!   counts `upstream_cx_overflow`), so a selected host always gets at least one connection;
+//!   use [`PriorityBreakers::acquire_cx_forced`] for that case.
 //! - `max_pending_requests`: requests queued in a pool waiting for a connection to become
 //!   ready (HTTP/1: for a free connection; HTTP/2: only while the connection is established).
 //! - `max_requests`: requests in flight to the cluster, both protocols. Envoy counts an

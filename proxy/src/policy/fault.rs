@@ -15,6 +15,9 @@
 //! `x-envoy-fault-abort-request-percentage`, capped by the configured numerator with its
 //! denominator. Without a valid header there is no fault.
 //!
+//! An abort is a local reply with body `fault filter abort`, details `fault_filter_abort`
+//! and response flag `FI`; a delay sets `DI`.
+//!
 //! Stats under `<prefix>fault.` where `<prefix>` is the HTTP connection manager's
 //! (`http.<stat_prefix>.`): `delays_injected`, `aborts_injected`, `faults_overflow`,
 //! `active_faults` (gauge), `response_rl_injected`.

@@ -13,9 +13,10 @@
 //! atomics; a per-host mutex is taken only when a detector fires and in `tick`.
 //!
 //! Mapping from request results (Envoy's router): an HTTP response reports its status
-//! (`Outcome::Status`); a reset or a connect failure reports `LOCAL_ORIGIN_CONNECT_FAILED`
-//! (503 when errors are not split); an upstream timeout reports `LOCAL_ORIGIN_TIMEOUT` (504);
-//! with `split_external_local_origin_errors` a successful connect reports
+//! (`Outcome::Status`; for a gRPC response with `grpc-status`, [`grpc_to_http_status`] of
+//! it); a reset or a connect failure reports `LOCAL_ORIGIN_CONNECT_FAILED` (503 when errors
+//! are not split); an upstream timeout reports `LOCAL_ORIGIN_TIMEOUT` (504); with
+//! `split_external_local_origin_errors` a successful connect reports
 //! `LOCAL_ORIGIN_CONNECT_SUCCESS`, which resets the local-origin counter.
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -690,6 +691,31 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                 }
             }
         }
+    }
+}
+
+/// Envoy's `Grpc::Utility::grpcToHttpStatus`: for a gRPC response with `grpc-status`, the
+/// router reports this HTTP status to outlier detection instead of the `:status` (200).
+pub fn grpc_to_http_status(grpc_status: u32) -> u16 {
+    match grpc_status {
+        0 => 200,
+        1 => 499,
+        2 => 500,
+        3 => 400,
+        4 => 504,
+        5 => 404,
+        6 => 409,
+        7 => 403,
+        8 => 429,
+        9 => 400,
+        10 => 409,
+        11 => 400,
+        12 => 501,
+        13 => 500,
+        14 => 503,
+        15 => 500,
+        16 => 401,
+        _ => 500,
     }
 }
 

@@ -12,7 +12,9 @@
 //! else `enabled`++; matched descriptor buckets (tightest fill rate first) and then, if no
 //! descriptor matched or `always_consume_default_token_bucket`, the default bucket; allowed
 //! → `ok`++; else `rate_limited`++, and only if `filter_enforced` → `enforced`++ and a local
-//! reply with `status` (429), `response_headers_to_add` and response flag `RL`. Stats live
+//! reply with `status` (429), body and details `local_rate_limited`, `response_headers_to_add`
+//! and response flag `RL` (gRPC: `grpc-status` 14, or 8 with
+//! `rate_limited_as_resource_exhausted`). Stats live
 //! at `<stat_prefix>.http_local_rate_limit.*`; the network filter's at
 //! `local_ratelimit.<stat_prefix>.rate_limited`.
 use std::collections::HashMap;
@@ -86,6 +88,9 @@ pub struct HttpLocalRateLimitConfig {
     pub always_consume_default_token_bucket: bool,
     /// `max_dynamic_descriptors` (default 20).
     pub max_dynamic_descriptors: usize,
+    /// `rate_limited_as_resource_exhausted`: gRPC replies carry `RESOURCE_EXHAUSTED` (8)
+    /// instead of `UNAVAILABLE` (14).
+    pub rate_limited_as_resource_exhausted: bool,
 }
 
 /// A header to add (`HeaderValueOption`).
@@ -375,6 +380,7 @@ impl HttpLocalRateLimitConfig {
             max_dynamic_descriptors: c
                 .max_dynamic_descriptors
                 .map_or(DEFAULT_MAX_DYNAMIC_DESCRIPTORS, |v| v.value as usize),
+            rate_limited_as_resource_exhausted: c.rate_limited_as_resource_exhausted,
         })
     }
 }

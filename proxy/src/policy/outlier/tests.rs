@@ -379,3 +379,11 @@ fn always_eject_one_host_proto_flag() {
     .unwrap();
     assert!(c.always_eject_one_host);
 }
+
+#[test]
+fn grpc_statuses_map_as_envoy() {
+    assert_eq!(grpc_to_http_status(0), 200);
+    assert_eq!(grpc_to_http_status(14), 503);
+    assert_eq!(grpc_to_http_status(4), 504);
+    assert_eq!(grpc_to_http_status(99), 500);
+}
