@@ -89,6 +89,17 @@ pub struct BreakerConfig {
     pub default: Thresholds,
     /// `HIGH` priority thresholds.
     pub high: Thresholds,
+    /// `per_host_thresholds[].max_connections` per priority (`[DEFAULT, HIGH]`); Envoy
+    /// supports only this field per host. Enforce with a [`HostConnections`] per host.
+    pub per_host_max_connections: [Option<u32>; 2],
+}
+
+/// A per-host connection limit (`per_host_thresholds`); overflow counts
+/// `upstream_cx_overflow` like the cluster limit.
+#[derive(Debug)]
+pub struct HostConnections {
+    slot: Arc<Slot>,
+    overflow: Counter,
 }
 
 /// A limit was reached; the request gets 503 with response flag `UO` and
@@ -222,9 +233,30 @@ impl BreakerConfig {
                 *slot = Some(parsed);
             }
         }
+        let mut per_host_max_connections = [None, None];
+        let mut seen = [false, false];
+        for (i, t) in cb.per_host_thresholds.iter().enumerate() {
+            let tpath = format!("{path}.per_host_thresholds[{i}]");
+            let idx = match RoutingPriority::try_from(t.priority) {
+                Ok(RoutingPriority::Default) => 0,
+                Ok(RoutingPriority::High) => 1,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        format!("{tpath}.priority"),
+                        format!("unknown value {}", t.priority),
+                    ))
+                }
+            };
+            // Envoy reads only max_connections per host and ignores the other fields.
+            if !seen[idx] {
+                seen[idx] = true;
+                per_host_max_connections[idx] = t.max_connections.map(|v| v.value);
+            }
+        }
         Ok(BreakerConfig {
             default: default.unwrap_or_default(),
             high: high.unwrap_or_default(),
+            per_host_max_connections,
         })
     }
 
@@ -234,6 +266,29 @@ impl BreakerConfig {
             Priority::Default => &self.default,
             Priority::High => &self.high,
         }
+    }
+}
+
+// === impl HostConnections ===
+
+impl HostConnections {
+    /// A limit of `max` connections to one host, counting overflow in `overflow`
+    /// (`cluster.<name>.upstream_cx_overflow`).
+    pub fn new(max: u32, overflow: Counter) -> Self {
+        HostConnections {
+            slot: Arc::new(Slot {
+                current: AtomicU64::new(0),
+                max: AtomicU64::new(max as u64),
+                open: Gauge::detached(),
+                remaining: None,
+            }),
+            overflow,
+        }
+    }
+
+    /// Takes a connection slot of this host.
+    pub fn try_acquire(&self) -> Result<Permit, Overflow> {
+        PriorityBreakers::acquire(&self.slot, Resource::Connections, &self.overflow)
     }
 }
 

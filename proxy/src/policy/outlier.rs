@@ -234,6 +234,12 @@ impl OutlierConfig {
             Ok(v)
         };
         let int = |v: &Option<UInt32Value>, def: u32| v.map_or(def, |v| v.value);
+        if !o.monitors.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.monitors"),
+                "outlier detection extensions are not supported",
+            ));
+        }
         let base_ejection_time = dur(
             &o.base_ejection_time,
             "base_ejection_time",

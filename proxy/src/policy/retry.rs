@@ -317,6 +317,28 @@ impl RetryPolicy {
                 ));
             }
         }
+        // These change retry decisions and are not implemented: refuse rather than differ.
+        if p.retry_priority
+            .as_ref()
+            .is_some_and(|r| !r.name.is_empty())
+        {
+            return Err(ConfigError::new(
+                format!("{path}.retry_priority"),
+                "not supported",
+            ));
+        }
+        if !p.retry_options_predicates.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.retry_options_predicates"),
+                "not supported",
+            ));
+        }
+        if p.rate_limited_retry_back_off.is_some() {
+            return Err(ConfigError::new(
+                format!("{path}.rate_limited_retry_back_off"),
+                "not supported",
+            ));
+        }
         let mut retriable_status_codes = Vec::new();
         for (i, c) in p.retriable_status_codes.iter().enumerate() {
             let code = u16::try_from(*c).ok().filter(|c| (100..=999).contains(c));

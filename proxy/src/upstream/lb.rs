@@ -249,10 +249,11 @@ pub fn hash_keys(set: &HostSet, use_hostname: bool) -> Vec<(String, u32)> {
     set.hosts
         .iter()
         .map(|h| {
-            let key = if use_hostname {
-                h.hostname.to_string()
-            } else {
-                h.addr.to_string()
+            // Envoy's `address()->asString()`: `ip:port` (`[v6]:port`) or the pipe path.
+            let key = match &h.addr {
+                _ if use_hostname => h.hostname.to_string(),
+                super::HostAddr::Tcp(a) => a.to_string(),
+                super::HostAddr::Unix(p) => p.display().to_string(),
             };
             (key, h.weight)
         })

@@ -286,3 +286,26 @@ fn concurrent_acquires_never_exceed_the_limit() {
     assert!(peak.load(Ordering::Relaxed) <= 8);
     assert_eq!(b.priority(Priority::Default).in_use(Resource::Requests), 0);
 }
+
+#[test]
+fn per_host_thresholds_take_max_connections_only() {
+    let c = BreakerConfig::from_proto(
+        &XdsCircuitBreakers {
+            per_host_thresholds: vec![XdsThresholds {
+                priority: 0,
+                max_connections: u32v(2),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        "cb",
+    )
+    .unwrap();
+    assert_eq!(c.per_host_max_connections, [Some(2), None]);
+    let overflow = Counter::detached();
+    let h = HostConnections::new(2, overflow.clone());
+    let _a = h.try_acquire().unwrap();
+    let _b = h.try_acquire().unwrap();
+    assert!(h.try_acquire().is_err());
+    assert_eq!(overflow.get(), 1);
+}
