@@ -260,5 +260,68 @@ pub fn hash_keys(set: &HostSet, use_hostname: bool) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// A consistent-hashing table over one host set (RING_HASH or MAGLEV), rebuilt when the
+/// host set changes.
+#[derive(Debug, Clone)]
+pub enum HashTable {
+    /// `RING_HASH`.
+    Ring(hash::Ring),
+    /// `MAGLEV`.
+    Maglev(hash::Maglev),
+}
+
+/// Which consistent-hashing balancer, with its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashLb {
+    /// `RING_HASH` with `ring_hash_lb_config`.
+    Ring(hash::RingHashConfig),
+    /// `MAGLEV` with `table_size`.
+    Maglev(u64),
+}
+
+// === impl HashTable ===
+
+impl HashTable {
+    /// Builds the table for `set` (keys per [`hash_keys`]).
+    pub fn build(lb: &HashLb, set: &HostSet, use_hostname: bool) -> Self {
+        let keys = hash_keys(set, use_hostname);
+        let pairs: Vec<(&str, u32)> = keys.iter().map(|(k, w)| (k.as_str(), *w)).collect();
+        match lb {
+            HashLb::Ring(cfg) => HashTable::Ring(hash::Ring::build(&pairs, cfg)),
+            HashLb::Maglev(size) => HashTable::Maglev(hash::Maglev::build(&pairs, *size)),
+        }
+    }
+
+    /// The host for `hash` on host-selection attempt `attempt` (0 first). `set` must be the
+    /// set the table was built from. With no hash (no policy matched) Envoy uses a random one.
+    pub fn pick<'a>(&self, set: &'a HostSet, hash: u64, attempt: u32) -> Option<&'a Arc<Host>> {
+        let i = match self {
+            HashTable::Ring(r) => r.pick(hash, attempt),
+            HashTable::Maglev(m) => m.pick(hash, attempt),
+        }?;
+        set.hosts.get(i)
+    }
+}
+
+/// Envoy's host-selection retry loop (`retry_host_predicate` with
+/// `host_selection_retry_max_attempts`): picks up to `max_attempts + 1` times, passing the
+/// attempt number (hash balancers perturb the hash with it), and stops at the first host the
+/// predicate accepts; if none is accepted the last pick is used.
+pub fn pick_with_host_retries<'a>(
+    max_attempts: u32,
+    mut pick: impl FnMut(u32) -> Option<&'a Arc<Host>>,
+    reject: impl Fn(&Host) -> bool,
+) -> Option<&'a Arc<Host>> {
+    let mut host = None;
+    for attempt in 0..=max_attempts {
+        host = pick(attempt);
+        match host {
+            Some(h) if reject(h) => continue,
+            _ => return host,
+        }
+    }
+    host
+}
+
 #[cfg(test)]
 mod tests;

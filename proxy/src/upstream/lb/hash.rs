@@ -505,6 +505,20 @@ impl HashPolicy {
     }
 }
 
+/// Compiles a route's `hash_policy` list (entries that hash nothing are dropped, as Envoy).
+pub fn compile_hash_policies(
+    policies: &[XdsHashPolicy],
+    path: &str,
+) -> Result<Vec<HashPolicy>, ConfigError> {
+    let mut out = Vec::with_capacity(policies.len());
+    for (i, p) in policies.iter().enumerate() {
+        if let Some(p) = HashPolicy::from_proto(p, &format!("{path}[{i}]"))? {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
 /// Envoy's `HashPolicyImpl::generateHash`: each hash is combined as
 /// `rotl(previous, 1) ^ new`; a terminal policy that produced a hash ends the walk.
 pub fn compute_hash(policies: &[HashPolicy], req: &HashInput<'_>) -> HashResult {

@@ -225,3 +225,46 @@ mod priorities {
         assert_eq!(first, 70);
     }
 }
+
+mod tables {
+    use super::*;
+
+    #[test]
+    fn hash_table_picks_hosts_of_the_set() {
+        let s = set(&[1, 1, 1]);
+        for lb in [
+            HashLb::Ring(hash::RingHashConfig::default()),
+            HashLb::Maglev(hash::DEFAULT_MAGLEV_TABLE_SIZE),
+        ] {
+            let t = HashTable::build(&lb, &s, false);
+            let a = t.pick(&s, 42, 0).unwrap().addr.clone();
+            // Same hash, same host.
+            assert_eq!(t.pick(&s, 42, 0).unwrap().addr, a);
+            let empty = set(&[]);
+            assert!(HashTable::build(&lb, &empty, false)
+                .pick(&empty, 42, 0)
+                .is_none());
+        }
+        assert_eq!(hash_keys(&s, false)[0].0, "127.0.0.1:1000");
+    }
+
+    #[test]
+    fn host_retries_skip_rejected_hosts_and_fall_back_to_the_last() {
+        let s = set(&[1, 1, 1]);
+        let first = s.hosts[0].addr.clone();
+        let picked = pick_with_host_retries(1, |a| s.hosts.get(a as usize), |h| h.addr == first);
+        assert_eq!(picked.unwrap().addr, s.hosts[1].addr);
+        // Default max attempts (1) means two picks; if both are rejected the last is used.
+        let mut calls = 0;
+        let picked = pick_with_host_retries(
+            1,
+            |_| {
+                calls += 1;
+                s.hosts.first()
+            },
+            |_| true,
+        );
+        assert_eq!(calls, 2);
+        assert_eq!(picked.unwrap().addr, first);
+    }
+}
