@@ -12,6 +12,15 @@
 //! the route and the `x-envoy-upstream-rq-timeout-ms`,
 //! `x-envoy-upstream-rq-per-try-timeout-ms` and `grpc-timeout` headers; the caller removes
 //! the two `x-envoy-*` headers before forwarding, as Envoy does.
+//!
+//! Envoy's bookkeeping around a decision (`RetryStateImpl::shouldRetry`), which the caller
+//! mirrors with [`RetryStats`]: on [`RetryDecision::LimitExceeded`] count
+//! `upstream_rq_retry_limit_exceeded`; on [`RetryDecision::Retry`] take the breaker retry
+//! slot (overflow: `upstream_rq_retry_overflow`, no retry), then count `upstream_rq_retry`
+//! and `upstream_rq_retry_backoff_exponential`. The slot is held through the back-off *and*
+//! the retried try, until the next decision or the end of the request. If a retry was
+//! in flight and the next outcome is [`RetryDecision::NotRetriable`], count
+//! `upstream_rq_retry_success`.
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::route::v3::RetryPolicy as XdsRetryPolicy;
@@ -119,6 +128,24 @@ pub enum RetryDecision {
     NotRetriable,
     /// Retriable, but the retries are used up (`upstream_rq_retry_limit_exceeded`).
     LimitExceeded,
+}
+
+/// Retry counters under `cluster.<name>.`.
+#[derive(Debug, Clone)]
+pub struct RetryStats {
+    /// `upstream_rq_retry`.
+    pub retry: crate::stats::Counter,
+    /// `upstream_rq_retry_success`.
+    pub retry_success: crate::stats::Counter,
+    /// `upstream_rq_retry_limit_exceeded`.
+    pub retry_limit_exceeded: crate::stats::Counter,
+    /// `upstream_rq_retry_backoff_exponential`.
+    pub retry_backoff_exponential: crate::stats::Counter,
+    /// `upstream_rq_retry_backoff_ratelimited` (never bumped: rate-limited back-off is
+    /// refused at config time).
+    pub retry_backoff_ratelimited: crate::stats::Counter,
+    /// `upstream_rq_per_try_timeout`.
+    pub per_try_timeout: crate::stats::Counter,
 }
 
 /// The timeouts of one request.
@@ -375,6 +402,23 @@ impl RetryPolicy {
                 "retriable_request_headers",
             )?,
         })
+    }
+}
+
+// === impl RetryStats ===
+
+impl RetryStats {
+    /// Registers the counters under `prefix` (`cluster.<name>.`).
+    pub fn new(stats: &crate::stats::Stats, prefix: &str) -> Self {
+        let c = |n: &str| stats.counter(&format!("{prefix}{n}"));
+        RetryStats {
+            retry: c("upstream_rq_retry"),
+            retry_success: c("upstream_rq_retry_success"),
+            retry_limit_exceeded: c("upstream_rq_retry_limit_exceeded"),
+            retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
+            retry_backoff_ratelimited: c("upstream_rq_retry_backoff_ratelimited"),
+            per_try_timeout: c("upstream_rq_per_try_timeout"),
+        }
     }
 }
 
