@@ -64,6 +64,13 @@ pub struct Plan {
     pub idle_conns: u32,
     /// Clusters and routes of the generated big bootstrap (0: skip).
     pub clusters: u32,
+    /// A successful run whose proxy core was busy with other processes more than this
+    /// percentage of the time is run again (see [`Plan::noise_retries`]).
+    #[serde(default)]
+    pub max_noise: Option<f64>,
+    /// How many times a noisy run is repeated; the least noisy attempt is kept.
+    #[serde(default)]
+    pub noise_retries: u32,
 }
 
 /// Figures of one measured run.
@@ -449,13 +456,34 @@ pub fn run_plan(
         let key = (sc.config(), target);
         let result = match cannot_start.get(&key) {
             Some(why) => Err(format!("skipped, could not start earlier: {why}")),
-            None => ctx.run_one(sc, load, target, round).map_err(|f| match f {
-                Failure::Start(why) => {
-                    cannot_start.insert(key, why.clone());
-                    why
+            None => {
+                let mut result = ctx.run_one(sc, load, target, round);
+                for _ in 0..plan.noise_retries {
+                    let noise = match (&result, plan.max_noise) {
+                        (Ok(f), Some(max)) => f.foreign_pct.filter(|n| *n > max),
+                        _ => None,
+                    };
+                    let Some(noise) = noise else { break };
+                    eprintln!(
+                        "  {} {} {}: proxy core {noise:.0}% busy with other work; again",
+                        sc.name(),
+                        load.label(),
+                        target.name()
+                    );
+                    if let Ok(f) = ctx.run_one(sc, load, target, round) {
+                        if f.foreign_pct.unwrap_or(0.0) < noise {
+                            result = Ok(f);
+                        }
+                    }
                 }
-                Failure::Run(why) => why,
-            }),
+                result.map_err(|f| match f {
+                    Failure::Start(why) => {
+                        cannot_start.insert(key, why.clone());
+                        why
+                    }
+                    Failure::Run(why) => why,
+                })
+            }
         };
         if let Some(status) = upstream.exited() {
             bail!(

@@ -82,6 +82,16 @@ struct Args {
     /// Clusters/routes of the generated big bootstrap (0: skip).
     #[arg(long)]
     clusters: Option<u32>,
+    /// Run again any successful run whose proxy core was more than this % busy with other
+    /// processes (shared machines), keeping the least noisy attempt.
+    #[arg(long)]
+    max_noise: Option<f64>,
+    /// How many times a noisy run may be repeated (with --max-noise).
+    #[arg(long, default_value_t = 2)]
+    noise_retries: u32,
+    /// Measure nothing: rewrite RESULTS.md and the plots from a results.json of an earlier run.
+    #[arg(long)]
+    from_results: Option<PathBuf>,
     /// Use the bootstraps in this directory instead of benches/configs/ (experiments only:
     /// published figures come from benches/configs/).
     #[arg(long)]
@@ -174,6 +184,16 @@ fn preset(args: &Args) -> Preset {
 
 fn compare(args: &Args) -> anyhow::Result<ExitCode> {
     kill_children_on_signal();
+    if let Some(path) = &args.from_results {
+        let results: Results = serde_json::from_str(&std::fs::read_to_string(path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let benches_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let out = benches_dir.join("out");
+        std::fs::create_dir_all(out.join("logs"))?;
+        let report_dir = args.out.clone().unwrap_or(benches_dir.clone());
+        write_report(&results, &out, &report_dir, &benches_dir, true)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let benches_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let root = benches_dir
         .parent()
@@ -221,6 +241,12 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
         targets: targets.clone(),
         idle_conns: args.idle_conns.unwrap_or(idle_conns),
         clusters: args.clusters.unwrap_or(clusters),
+        max_noise: args.max_noise,
+        noise_retries: if args.max_noise.is_some() {
+            args.noise_retries
+        } else {
+            0
+        },
     };
     let secs = args.secs.unwrap_or(secs);
     let warmup = args.warmup.unwrap_or(warmup);
@@ -333,6 +359,27 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
         out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
     )?;
+    write_report(&results, &out, &report_dir, &benches_dir, plots_ok)?;
+
+    let missing = results.missing();
+    for m in &missing {
+        eprintln!("no figures: {m}");
+    }
+    if args.smoke && !missing.is_empty() {
+        eprintln!("smoke: {} scenario(s) produced no figures", missing.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// summary.json in `out`; RESULTS.md and plots/ in `report_dir`.
+fn write_report(
+    results: &Results,
+    out: &Path,
+    report_dir: &Path,
+    benches_dir: &Path,
+    plots_ok: bool,
+) -> anyhow::Result<()> {
     let summary = results.summarize();
     let summary_path = out.join("summary.json");
     std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)?;
@@ -358,16 +405,7 @@ fn compare(args: &Args) -> anyhow::Result<ExitCode> {
     } else {
         eprintln!("matplotlib unavailable: no plots");
     }
-
-    let missing = results.missing();
-    for m in &missing {
-        eprintln!("no figures: {m}");
-    }
-    if args.smoke && !missing.is_empty() {
-        eprintln!("smoke: {} scenario(s) produced no figures", missing.len());
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `cargo build --release -p petrel` from the workspace root.
@@ -430,6 +468,8 @@ fn machine(root: &Path, out: &Path) -> Meta {
             targets: Vec::new(),
             idle_conns: 0,
             clusters: 0,
+            max_noise: None,
+            noise_retries: 0,
         },
     }
 }
