@@ -16,6 +16,8 @@
 //! - [`wait`]: polling helpers and [`assert_eventually!`].
 //! - [`tls`]: hand-built TLS ClientHello records for `tls_inspector` matching.
 //! - [`trace`]: tracing initialisation for tests.
+//! - [`vm`]: multi-namespace capture scenarios: a service namespace joined to the proxy's, Python
+//!   servers and a fake resolver inside it, `curl` as another UID, firewall rule snapshots.
 //! - [`yaml`]: bootstrap building blocks (clusters, a one-listener HTTP bootstrap).
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ pub mod tcp;
 pub mod tls;
 pub mod trace;
 pub mod upstream;
+pub mod vm;
 pub mod wait;
 pub mod yaml;
 

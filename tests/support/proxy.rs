@@ -81,6 +81,18 @@ impl Proxy {
         extra_args: &[&str],
         placement: &Placement,
     ) -> anyhow::Result<Self> {
+        Self::start_in(kind, bootstrap, &[], extra_args, placement).await
+    }
+
+    /// Like [`start_with`](Self::start_with), with `before_config` placed between the binary
+    /// and `-c <file>`: e.g. `["run", "--capture", ..., "--"]` for `petrel run`.
+    pub async fn start_in(
+        kind: ProxyKind,
+        bootstrap: &str,
+        before_config: &[&str],
+        extra_args: &[&str],
+        placement: &Placement,
+    ) -> anyhow::Result<Self> {
         let bin = kind.binary().map_err(anyhow::Error::msg)?;
         let dir = temp_dir(kind)?;
         let admin_port = free_port();
@@ -101,7 +113,10 @@ impl Proxy {
             }
             None => Command::new(&bin),
         };
-        cmd.arg("-c").arg(&config).args(base_args());
+        cmd.args(before_config)
+            .arg("-c")
+            .arg(&config)
+            .args(base_args());
         // E2E_LOG_LEVEL=debug turns up both proxies' logs for a failing run.
         if let Ok(level) = std::env::var("E2E_LOG_LEVEL") {
             cmd.args(["-l", &level]);

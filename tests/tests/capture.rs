@@ -1,0 +1,609 @@
+//! Privileged: transparent capture end to end, in real network namespaces.
+//!
+//! Two namespaces per scenario: the proxy's ("app" or "VM"), joined to the host by a veth that
+//! carries only the test's admin requests, and a "service" namespace joined to it by another
+//! veth, where the upstream servers and a fake upstream resolver run. Clients are unmodified
+//! `curl` processes inside a namespace.
+//!
+//! Loop safety: the proxy runs as root (UID 0) and the rules exempt `-u 0`; clients run as
+//! `nobody` (65534, via `setpriv`), so only their traffic is captured. The proxy's own upstream
+//! connections (which `-i '*'` would otherwise capture) go straight out.
+//!
+//! Each scenario is skipped with a printed `SKIPPED:` reason where it cannot run (not root, a
+//! tool missing). Namespaces, their veths and `/etc/netns/<ns>` are removed by drop guards.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use petrel_e2e::netns::NetNs;
+use petrel_e2e::proxy::{render, Placement};
+use petrel_e2e::vm::{self, curl_as, DnsServer, HttpServer, PeerNs, ResolvConf};
+use petrel_e2e::{differential, Observations, Proxy, ProxyKind, Stats};
+use tracing::info;
+
+/// The /30 between the proxy's namespace (`.1`) and the service namespace (`.2`). Both ends
+/// live in namespaces this test creates, so the subnet cannot collide with anything.
+const SVC_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 0);
+
+/// A service VIP nobody serves: only the 0.0.0.0:8080 listener can answer it.
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// Istio's sidecar outbound model: a catch-all on 15001 that hands connections to the
+/// listener for their original destination, else passes them through.
+const OUTBOUND_BOOTSTRAP: &str = r#"
+admin:
+  address: {socket_address: {address: "{{admin_ip}}", port_value: {{admin_port}}}}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
+    use_original_dst: true
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: PassthroughCluster
+          cluster: PassthroughCluster
+  - name: 0.0.0.0_8080
+    address: {socket_address: {address: 0.0.0.0, port_value: 8080}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound_0.0.0.0_8080
+          route_config:
+            response_headers_to_add: [{header: {key: x-via, value: listener-8080}}]
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, route: {cluster: svc8080}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+  - name: svc8080
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: svc8080
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 8081}}}}]}]
+"#;
+
+/// The VM: the outbound catch-all, a mesh service `reviews` routed by name on 9080, and an
+/// inbound listener on 15006 in front of the app on 8080.
+const VM_BOOTSTRAP: &str = r#"
+admin:
+  address: {socket_address: {address: "{{admin_ip}}", port_value: {{admin_port}}}}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
+    use_original_dst: true
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: PassthroughCluster
+          cluster: PassthroughCluster
+  - name: 0.0.0.0_9080
+    address: {socket_address: {address: 0.0.0.0, port_value: 9080}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound_0.0.0.0_9080
+          route_config:
+            response_headers_to_add: [{header: {key: x-via, value: outbound-9080}}]
+            virtual_hosts:
+            - name: reviews
+              domains: ["reviews.default.svc.cluster.local:9080"]
+              routes: [{match: {prefix: "/"}, route: {cluster: reviews.default.svc.cluster.local}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: virtualInbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    filter_chains:
+    - filter_chain_match: {destination_port: 8080}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound_0.0.0.0_8080
+          route_config:
+            response_headers_to_add: [{header: {key: x-via, value: inbound-8080}}]
+            virtual_hosts:
+            - name: inbound
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, route: {cluster: "inbound|8080||"}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+  - name: reviews.default.svc.cluster.local
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: reviews.default.svc.cluster.local
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9080}}}}]}]
+  - name: "inbound|8080||"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "inbound|8080||"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]
+"#;
+
+/// The proxy's namespace (host veth for admin only) plus the service namespace, with a default
+/// route from the proxy's namespace into the service namespace (so VIPs and capture addresses
+/// are routable, as on a real host).
+struct Topology {
+    // Field order is drop order: the service namespace's veth peer lives in `app`.
+    svc: PeerNs,
+    app: NetNs,
+}
+
+// === impl Topology ===
+
+impl Topology {
+    fn create() -> Result<anyhow::Result<Self>, String> {
+        if let Some(why) = vm::skip_reason() {
+            return Err(why);
+        }
+        let app = NetNs::create()?;
+        Ok((|| {
+            let svc = PeerNs::create(app.name(), SVC_SUBNET)?;
+            app.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &svc.ip().to_string(),
+            ])?;
+            Ok(Topology { svc, app })
+        })())
+    }
+
+    fn placement(&self) -> Placement {
+        Placement {
+            netns: Some(self.app.name().to_owned()),
+            admin_ip: self.app.ns_ip(),
+        }
+    }
+
+    /// The proxy namespace's address on the service link.
+    fn app_ip(&self) -> Ipv4Addr {
+        self.svc.peer_ip()
+    }
+
+    /// A private state file for `petrel redirect`/`run` (never the shared default path).
+    fn state_file(&self) -> String {
+        std::env::temp_dir()
+            .join("petrel-e2e")
+            .join(format!("{}.capture.state", self.app.name()))
+            .display()
+            .to_string()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.state_file());
+    }
+}
+
+/// The value of every counter a capture could move, excluding admin and DNS traffic.
+fn traffic_counters(stats: &Stats) -> Vec<(String, String)> {
+    stats
+        .0
+        .iter()
+        .filter(|(k, _)| {
+            (k.starts_with("cluster.") || k.starts_with("listener.") || k.starts_with("http."))
+                && k.ends_with("_total")
+                && !k.contains("admin")
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
+    let mut obs = Observations::new(kind);
+    let topo = match Topology::create() {
+        Ok(t) => t?,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            obs.record("skipped", why);
+            return Ok(obs);
+        }
+    };
+    let (ns, svc_ip) = (topo.app.name(), topo.svc.ip());
+    let svc = topo.svc.name();
+    let named = HttpServer::start(svc, "svc8080", svc_ip, 8081).await?;
+    let direct = HttpServer::start(svc, "direct8080", svc_ip, 8080).await?;
+    let orig = HttpServer::start(svc, "orig9090", svc_ip, 9090).await?;
+
+    info!("istio-style capture of all outbound TCP except the proxy's UID (0)");
+    let petrel = ProxyKind::Petrel.binary().map_err(anyhow::Error::msg)?;
+    let state = topo.state_file();
+    vm::exec_in(
+        ns,
+        &[
+            &petrel.display().to_string(),
+            "redirect",
+            "-p",
+            "15001",
+            "-z",
+            "15006",
+            "-u",
+            "0",
+            "-m",
+            "REDIRECT",
+            "-i",
+            "*",
+            "--no-ipv6",
+            "--state-file",
+            &state,
+        ],
+    )?;
+    let rules = vm::ruleset(ns)?;
+    info!(%rules, "installed");
+    anyhow::ensure!(
+        rules.contains("ISTIO_REDIRECT"),
+        "no ISTIO_REDIRECT in\n{rules}"
+    );
+
+    let yaml = render(
+        OUTBOUND_BOOTSTRAP,
+        &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &svc_ip)],
+    );
+    let proxy = Proxy::start_with(kind, &yaml, &[], &topo.placement()).await?;
+
+    info!("a VIP on port 8080: handed to the 0.0.0.0:8080 listener, routed to svc8080");
+    let r = curl_as(ns, &format!("http://{VIP}:8080/vip")).await?;
+    info!(?r, "VIP");
+    anyhow::ensure!(r.status == 200, "{kind}: VIP:8080 → {r:?}");
+    anyhow::ensure!(r.header("x-via") == Some("listener-8080"), "{kind}: {r:?}");
+    anyhow::ensure!(r.seen()?.upstream == "svc8080", "{kind}: {r:?}");
+    obs.record("vip:8080", (r.status, r.seen()?.upstream, r.seen()?.path));
+
+    info!("a real server on 8080: still handed to the listener, not to the original destination");
+    let r = curl_as(ns, &format!("http://{svc_ip}:8080/real")).await?;
+    info!(?r, "svc:8080");
+    anyhow::ensure!(r.header("x-via") == Some("listener-8080"), "{kind}: {r:?}");
+    anyhow::ensure!(r.seen()?.upstream == "svc8080", "{kind}: {r:?}");
+    obs.record("svc:8080", (r.status, r.seen()?.upstream, r.seen()?.path));
+    anyhow::ensure!(direct.seen().is_empty(), "{kind}: {:?}", direct.seen());
+
+    info!("port 9090 has no listener: passthrough to the original destination");
+    let r = curl_as(ns, &format!("http://{svc_ip}:9090/orig")).await?;
+    info!(?r, "svc:9090");
+    anyhow::ensure!(r.status == 200, "{kind}: 9090 → {r:?}");
+    anyhow::ensure!(
+        r.header("x-via").is_none(),
+        "{kind}: went through HTTP: {r:?}"
+    );
+    anyhow::ensure!(r.seen()?.upstream == "orig9090", "{kind}: {r:?}");
+    obs.record("svc:9090", (r.status, r.seen()?.upstream, r.seen()?.path));
+
+    info!("every upstream connection came from the proxy, once (no capture loop)");
+    let app_ip = topo.app_ip().to_string();
+    let paths = |s: &HttpServer| {
+        s.seen()
+            .into_iter()
+            .map(|x| (x.path, x.peer == app_ip))
+            .collect::<Vec<_>>()
+    };
+    obs.record(named.name(), paths(&named));
+    obs.record(orig.name(), paths(&orig));
+    anyhow::ensure!(
+        paths(&named) == [("/vip".to_owned(), true), ("/real".to_owned(), true)],
+        "{kind}: {:?}",
+        named.seen()
+    );
+    anyhow::ensure!(
+        paths(&orig) == [("/orig".to_owned(), true)],
+        "{kind}: {:?}",
+        orig.seen()
+    );
+    for (name, v) in [
+        ("cluster.PassthroughCluster.upstream_cx_total", 1),
+        ("cluster.svc8080.upstream_rq_total", 2),
+        ("cluster.svc8080.upstream_rq_2xx", 2),
+        ("http.outbound_0.0.0.0_8080.downstream_rq_total", 2),
+    ] {
+        obs.stat_eq(&proxy, name, name, v).await?;
+    }
+    // Which listener counts a handed-off connection is Envoy's business: compare, don't assume.
+    let stats = proxy.stats().await?;
+    for name in [
+        "listener.0.0.0.0_15001.downstream_cx_total",
+        "listener.0.0.0.0_8080.downstream_cx_total",
+    ] {
+        info!(%kind, name, value = ?stats.value(name));
+        obs.record(format!("stat {name}"), stats.value(name));
+    }
+    drop(proxy);
+    vm::exec_in(
+        ns,
+        &[
+            &petrel.display().to_string(),
+            "redirect",
+            "--cleanup",
+            "--state-file",
+            &state,
+        ],
+    )?;
+    Ok(obs)
+}
+
+/// Issue 2: `SO_ORIGINAL_DST` through a real iptables REDIRECT of locally generated traffic.
+#[tokio::test]
+async fn outbound_capture_hands_off_to_port_listener_and_passes_through() {
+    differential(outbound_capture_scenario).await;
+}
+
+/// Issue 5: VM mode with `petrel run --capture`, the mesh DNS and an unmodified client.
+#[tokio::test]
+async fn vm_capture_only_mesh_names_and_app_ports() {
+    petrel_e2e::trace_init();
+    if let Err(e) = vm_scenario().await {
+        for tail in petrel_e2e::proxy::take_recent_logs() {
+            eprintln!("{tail}");
+        }
+        panic!("{e:#}");
+    }
+}
+
+async fn vm_scenario() -> anyhow::Result<()> {
+    let topo = match Topology::create() {
+        Ok(t) => t?,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+    if let Err(why) = ProxyKind::Petrel.binary() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let (vm_ns, svc_ns) = (topo.app.name(), topo.svc.name());
+    let (vm_ip, svc_ip) = (topo.app_ip(), topo.svc.ip());
+
+    info!("the VM resolves through a resolver in the service namespace");
+    let _resolv = ResolvConf::write(
+        vm_ns,
+        &format!(
+            "nameserver {svc_ip}\nsearch default.svc.cluster.local svc.cluster.local \
+             cluster.local\noptions timeout:2 attempts:3\n"
+        ),
+    )?;
+    let dns = DnsServer::start(svc_ns, svc_ip, "plain.example.", svc_ip).await?;
+    let reviews = HttpServer::start(svc_ns, "reviews", svc_ip, 9080).await?;
+    let plain = HttpServer::start(svc_ns, "plain", svc_ip, 8000).await?;
+    let app = HttpServer::start(vm_ns, "app", Ipv4Addr::UNSPECIFIED, 8080).await?;
+    let other = HttpServer::start(vm_ns, "other", Ipv4Addr::UNSPECIFIED, 8081).await?;
+
+    info!("a rule of the VM's own that capture must leave alone");
+    vm::exec_in(
+        vm_ns,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "7",
+            "-m",
+            "comment",
+            "--comment",
+            "vm-own",
+            "-j",
+            "ACCEPT",
+        ],
+    )?;
+    let before = vm::ruleset(vm_ns)?;
+    info!(%before, "the VM's rules");
+
+    let state = topo.state_file();
+    let run_flags = [
+        "run",
+        "--capture",
+        "--vm",
+        "-b",
+        "8080",
+        "--redirect-dns",
+        "--dns-port",
+        "15053",
+        "-u",
+        "0",
+        "--state-file",
+        &state,
+        "--",
+    ];
+    let yaml = render(
+        VM_BOOTSTRAP,
+        &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &svc_ip)],
+    );
+    let mut proxy = Proxy::start_in(
+        ProxyKind::Petrel,
+        &yaml,
+        &run_flags,
+        &["--mesh-dns", "127.0.0.1:15053", "--drain-time-s", "2"],
+        &topo.placement(),
+    )
+    .await?;
+    let during = vm::ruleset(vm_ns)?;
+    info!(%during, "capture installed");
+    anyhow::ensure!(
+        during.contains("ISTIO_OUTPUT") && during.contains("vm-own"),
+        "rules while running:\n{during}"
+    );
+
+    info!("a mesh name: mesh DNS → capture address → captured → routed by name");
+    let r = curl_as(
+        vm_ns,
+        "http://reviews.default.svc.cluster.local:9080/ratings",
+    )
+    .await?;
+    info!(?r, "reviews");
+    anyhow::ensure!(r.status == 200, "reviews → {r:?}");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240."),
+        "reviews did not resolve to a capture address: {r:?}"
+    );
+    anyhow::ensure!(r.header("x-via") == Some("outbound-9080"), "{r:?}");
+    let seen = reviews.seen();
+    anyhow::ensure!(
+        seen.len() == 1 && seen[0].path == "/ratings" && seen[0].peer == vm_ip.to_string(),
+        "reviews saw {seen:?}"
+    );
+    for (name, v) in [
+        (
+            "cluster.reviews.default.svc.cluster.local.upstream_rq_total",
+            1,
+        ),
+        (
+            "cluster.reviews.default.svc.cluster.local.upstream_rq_2xx",
+            1,
+        ),
+        ("http.outbound_0.0.0.0_9080.downstream_rq_total", 1),
+    ] {
+        proxy.admin().wait_for_stat_eq(name, v).await?;
+    }
+    anyhow::ensure!(
+        !dns.queries().iter().any(|(n, _)| n.contains("reviews")),
+        "the mesh name leaked to the upstream resolver: {:?}",
+        dns.queries()
+    );
+
+    let capture_ip = r.remote_ip.clone();
+
+    info!("DNS over TCP is captured too");
+    let out = vm::run_as(
+        vm_ns,
+        &["dig", "+tcp", "+short", "reviews.default.svc.cluster.local"],
+    )
+    .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && text.trim() == capture_ip,
+        "dig +tcp: {}: {text:?} {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    info!("a short name through the search domains resolves to the same capture address");
+    let out = vm::run_as(vm_ns, &["getent", "ahostsv4", "reviews.default"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success() && text.split_whitespace().next() == Some(capture_ip.as_str()),
+        "getent ahostsv4 reviews.default: {}: {text:?}",
+        out.status
+    );
+
+    info!("a non-mesh name: forwarded to the VM's resolver, connection not captured");
+    let counters = traffic_counters(&proxy.stats().await?);
+    for name in [
+        "listener.0.0.0.0_15001.downstream_cx_total",
+        "cluster.PassthroughCluster.upstream_cx_total",
+        "cluster.reviews.default.svc.cluster.local.upstream_cx_total",
+    ] {
+        anyhow::ensure!(
+            counters.iter().any(|(k, _)| k == name),
+            "{name} missing from {counters:?}"
+        );
+    }
+    let r = curl_as(vm_ns, "http://plain.example:8000/direct").await?;
+    info!(?r, "plain");
+    anyhow::ensure!(r.status == 200, "plain → {r:?}");
+    anyhow::ensure!(r.remote_ip == svc_ip.to_string(), "plain resolved to {r:?}");
+    anyhow::ensure!(r.header("x-via").is_none(), "{r:?}");
+    anyhow::ensure!(
+        dns.queries().contains(&("plain.example.".to_owned(), 1)),
+        "plain.example was not forwarded: {:?}",
+        dns.queries()
+    );
+    anyhow::ensure!(plain.seen().len() == 1, "plain saw {:?}", plain.seen());
+
+    info!("inbound to the app port goes through the proxy");
+    let r = curl_as(svc_ns, &format!("http://{vm_ip}:8080/in")).await?;
+    info!(?r, "app");
+    anyhow::ensure!(r.status == 200, "app → {r:?}");
+    anyhow::ensure!(r.header("x-via") == Some("inbound-8080"), "{r:?}");
+    let seen = app.seen();
+    anyhow::ensure!(
+        seen.len() == 1 && seen[0].path == "/in" && seen[0].peer.starts_with("127."),
+        "app saw {seen:?}"
+    );
+    proxy
+        .admin()
+        .wait_for_stat_eq("http.inbound_0.0.0.0_8080.downstream_rq_total", 1)
+        .await?;
+    proxy
+        .admin()
+        .wait_for_stat_eq("cluster.inbound|8080||.upstream_rq_total", 1)
+        .await?;
+
+    info!("inbound to another port does not");
+    let r = curl_as(svc_ns, &format!("http://{vm_ip}:8081/other")).await?;
+    info!(?r, "other");
+    anyhow::ensure!(r.status == 200 && r.header("x-via").is_none(), "{r:?}");
+    let seen = other.seen();
+    anyhow::ensure!(
+        seen.len() == 1 && seen[0].peer == svc_ip.to_string(),
+        "other saw {seen:?}"
+    );
+
+    info!("neither the non-mesh call nor the other port moved a traffic counter");
+    let mut after = traffic_counters(&proxy.stats().await?);
+    // The inbound request to the app port is the one expected change.
+    after.retain(|(k, _)| !k.contains("inbound") && !k.contains("15006"));
+    let mut expected = counters;
+    expected.retain(|(k, _)| !k.contains("inbound") && !k.contains("15006"));
+    anyhow::ensure!(
+        after == expected,
+        "counters moved:\nbefore {expected:?}\nafter  {after:?}"
+    );
+    let stats = proxy.stats().await?;
+    anyhow::ensure!(
+        stats.value("listener.0.0.0.0_15006.downstream_cx_total") == Some(1),
+        "15006 accepted {:?}",
+        stats.value("listener.0.0.0.0_15006.downstream_cx_total")
+    );
+
+    info!("SIGTERM: the proxy exits and the VM's rule set is exactly as before");
+    proxy.signal("TERM")?;
+    let status = proxy.wait_exit(Duration::from_secs(90)).await?;
+    anyhow::ensure!(status.success(), "petrel run exited {status}");
+    let after = vm::ruleset(vm_ns)?;
+    anyhow::ensure!(
+        after == before,
+        "rules differ after exit:\n--- before\n{before}\n--- after\n{after}"
+    );
+    Ok(())
+}
