@@ -527,8 +527,10 @@ pub async fn curl_as(ns: &str, url: &str) -> anyhow::Result<CurlReply> {
 }
 
 /// The namespace's firewall state as text: `iptables-save`, `ip6tables-save` (comment lines
-/// with dates and versions dropped, counters zeroed) and `nft list ruleset`.
+/// with dates and versions dropped) and `nft list ruleset`, with packet counters zeroed.
 pub fn ruleset(ns: &str) -> anyhow::Result<String> {
+    // nft prints a counter on every iptables-nft rule: `counter packets 4 bytes 240`.
+    let nft_counter = regex::Regex::new(r"counter packets \d+ bytes \d+").expect("valid regex");
     let mut out = String::new();
     for (label, args) in [
         ("iptables-save", &["iptables-save"][..]),
@@ -544,7 +546,9 @@ pub fn ruleset(ns: &str) -> anyhow::Result<String> {
             // Chain policies carry packet counters: `:OUTPUT ACCEPT [12:720]`.
             let line = match line.rsplit_once(" [") {
                 Some((head, _)) if line.starts_with(':') => format!("{head} [0:0]"),
-                _ => line.to_owned(),
+                _ => nft_counter
+                    .replace_all(line, "counter packets 0 bytes 0")
+                    .into_owned(),
             };
             out.push_str(&line);
             out.push('\n');

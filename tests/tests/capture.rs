@@ -249,31 +249,37 @@ async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observatio
     info!("istio-style capture of all outbound TCP except the proxy's UID (0)");
     let petrel = ProxyKind::Petrel.binary().map_err(anyhow::Error::msg)?;
     let state = topo.state_file();
-    vm::exec_in(
-        ns,
-        &[
-            &petrel.display().to_string(),
-            "redirect",
-            "-p",
-            "15001",
-            "-z",
-            "15006",
-            "-u",
-            "0",
-            "-m",
-            "REDIRECT",
-            "-i",
-            "*",
-            "--no-ipv6",
-            "--state-file",
-            &state,
-        ],
-    )?;
+    let petrel = petrel.display().to_string();
+    let redirect = [
+        &petrel,
+        "redirect",
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "0",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "--no-ipv6",
+        "--state-file",
+        &state,
+    ];
+    vm::exec_in(ns, &redirect)?;
     let rules = vm::ruleset(ns)?;
     info!(%rules, "installed");
     anyhow::ensure!(
         rules.contains("ISTIO_REDIRECT"),
         "no ISTIO_REDIRECT in\n{rules}"
+    );
+    info!("applying the same flags again leaves exactly one rule set");
+    vm::exec_in(ns, &redirect)?;
+    let again = vm::ruleset(ns)?;
+    anyhow::ensure!(
+        again == rules,
+        "second apply changed the rules:\n--- first\n{rules}\n--- second\n{again}"
     );
 
     let yaml = render(
@@ -349,13 +355,7 @@ async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observatio
     drop(proxy);
     vm::exec_in(
         ns,
-        &[
-            &petrel.display().to_string(),
-            "redirect",
-            "--cleanup",
-            "--state-file",
-            &state,
-        ],
+        &[&petrel, "redirect", "--cleanup", "--state-file", &state],
     )?;
     Ok(obs)
 }
@@ -364,6 +364,89 @@ async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observatio
 #[tokio::test]
 async fn outbound_capture_hands_off_to_port_listener_and_passes_through() {
     differential(outbound_capture_scenario).await;
+}
+
+/// `petrel run --capture` in VM mode in the topology's proxy namespace, as root (`-u 0`), with
+/// the mesh DNS on 127.0.0.1:15053 and the topology's private state file.
+async fn start_vm_proxy(topo: &Topology) -> anyhow::Result<Proxy> {
+    let state = topo.state_file();
+    let run_flags = [
+        "run",
+        "--capture",
+        "--vm",
+        "-b",
+        "8080",
+        "--redirect-dns",
+        "--dns-port",
+        "15053",
+        "-u",
+        "0",
+        "--state-file",
+        &state,
+        "--",
+    ];
+    let yaml = render(
+        VM_BOOTSTRAP,
+        &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &topo.svc.ip())],
+    );
+    Proxy::start_in(
+        ProxyKind::Petrel,
+        &yaml,
+        &run_flags,
+        &["--mesh-dns", "127.0.0.1:15053", "--drain-time-s", "2"],
+        &topo.placement(),
+    )
+    .await
+}
+
+/// What both VM scenarios need: the VM's resolver (in the service namespace), the mesh
+/// upstream `reviews` on 9080, and a firewall rule of the VM's own.
+struct VmWorld {
+    _resolv: ResolvConf,
+    dns: DnsServer,
+    reviews: HttpServer,
+}
+
+// === impl VmWorld ===
+
+impl VmWorld {
+    async fn start(topo: &Topology) -> anyhow::Result<Self> {
+        let (vm_ns, svc_ns, svc_ip) = (topo.app.name(), topo.svc.name(), topo.svc.ip());
+        info!("the VM resolves through a resolver in the service namespace");
+        let resolv = ResolvConf::write(
+            vm_ns,
+            &format!(
+                "nameserver {svc_ip}\nsearch default.svc.cluster.local svc.cluster.local \
+                 cluster.local\noptions timeout:2 attempts:3\n"
+            ),
+        )?;
+        let dns = DnsServer::start(svc_ns, svc_ip, "plain.example.", svc_ip).await?;
+        let reviews = HttpServer::start(svc_ns, "reviews", svc_ip, 9080).await?;
+        info!("a rule of the VM's own that capture must leave alone");
+        vm::exec_in(
+            vm_ns,
+            &[
+                "iptables",
+                "-A",
+                "INPUT",
+                "-p",
+                "tcp",
+                "--dport",
+                "7",
+                "-m",
+                "comment",
+                "--comment",
+                "vm-own",
+                "-j",
+                "ACCEPT",
+            ],
+        )?;
+        Ok(Self {
+            _resolv: resolv,
+            dns,
+            reviews,
+        })
+    }
 }
 
 /// Issue 5: VM mode with `petrel run --capture`, the mesh DNS and an unmodified client.
@@ -393,70 +476,15 @@ async fn vm_scenario() -> anyhow::Result<()> {
     let (vm_ns, svc_ns) = (topo.app.name(), topo.svc.name());
     let (vm_ip, svc_ip) = (topo.app_ip(), topo.svc.ip());
 
-    info!("the VM resolves through a resolver in the service namespace");
-    let _resolv = ResolvConf::write(
-        vm_ns,
-        &format!(
-            "nameserver {svc_ip}\nsearch default.svc.cluster.local svc.cluster.local \
-             cluster.local\noptions timeout:2 attempts:3\n"
-        ),
-    )?;
-    let dns = DnsServer::start(svc_ns, svc_ip, "plain.example.", svc_ip).await?;
-    let reviews = HttpServer::start(svc_ns, "reviews", svc_ip, 9080).await?;
+    let world = VmWorld::start(&topo).await?;
+    let (dns, reviews) = (&world.dns, &world.reviews);
     let plain = HttpServer::start(svc_ns, "plain", svc_ip, 8000).await?;
     let app = HttpServer::start(vm_ns, "app", Ipv4Addr::UNSPECIFIED, 8080).await?;
     let other = HttpServer::start(vm_ns, "other", Ipv4Addr::UNSPECIFIED, 8081).await?;
-
-    info!("a rule of the VM's own that capture must leave alone");
-    vm::exec_in(
-        vm_ns,
-        &[
-            "iptables",
-            "-A",
-            "INPUT",
-            "-p",
-            "tcp",
-            "--dport",
-            "7",
-            "-m",
-            "comment",
-            "--comment",
-            "vm-own",
-            "-j",
-            "ACCEPT",
-        ],
-    )?;
     let before = vm::ruleset(vm_ns)?;
     info!(%before, "the VM's rules");
 
-    let state = topo.state_file();
-    let run_flags = [
-        "run",
-        "--capture",
-        "--vm",
-        "-b",
-        "8080",
-        "--redirect-dns",
-        "--dns-port",
-        "15053",
-        "-u",
-        "0",
-        "--state-file",
-        &state,
-        "--",
-    ];
-    let yaml = render(
-        VM_BOOTSTRAP,
-        &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &svc_ip)],
-    );
-    let mut proxy = Proxy::start_in(
-        ProxyKind::Petrel,
-        &yaml,
-        &run_flags,
-        &["--mesh-dns", "127.0.0.1:15053", "--drain-time-s", "2"],
-        &topo.placement(),
-    )
-    .await?;
+    let mut proxy = start_vm_proxy(&topo).await?;
     let during = vm::ruleset(vm_ns)?;
     info!(%during, "capture installed");
     anyhow::ensure!(
@@ -604,6 +632,82 @@ async fn vm_scenario() -> anyhow::Result<()> {
     anyhow::ensure!(
         after == before,
         "rules differ after exit:\n--- before\n{before}\n--- after\n{after}"
+    );
+    Ok(())
+}
+
+/// Issue 5: rules left by a `petrel run --capture` killed with SIGKILL stay (nothing runs on
+/// SIGKILL), the next start replaces them with exactly one rule set, and `petrel redirect
+/// --cleanup --state-file` removes exactly what was recorded.
+#[tokio::test]
+async fn vm_capture_recovers_after_sigkill() {
+    petrel_e2e::trace_init();
+    if let Err(e) = crash_scenario().await {
+        for tail in petrel_e2e::proxy::take_recent_logs() {
+            eprintln!("{tail}");
+        }
+        panic!("{e:#}");
+    }
+}
+
+async fn crash_scenario() -> anyhow::Result<()> {
+    let topo = match Topology::create() {
+        Ok(t) => t?,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+    let petrel = match ProxyKind::Petrel.binary() {
+        Ok(p) => p.display().to_string(),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+    let vm_ns = topo.app.name();
+    let world = VmWorld::start(&topo).await?;
+    let before = vm::ruleset(vm_ns)?;
+
+    let mut proxy = start_vm_proxy(&topo).await?;
+    let installed = vm::ruleset(vm_ns)?;
+    anyhow::ensure!(installed.contains("ISTIO_OUTPUT"), "{installed}");
+    info!("SIGKILL: the rules stay");
+    proxy.signal("KILL")?;
+    proxy.wait_exit(Duration::from_secs(30)).await?;
+    drop(proxy);
+    let left = vm::ruleset(vm_ns)?;
+    anyhow::ensure!(
+        left == installed,
+        "rules changed by SIGKILL:\n--- installed\n{installed}\n--- left\n{left}"
+    );
+
+    info!("the next start replaces them: one rule set, and capture works");
+    let mut proxy = start_vm_proxy(&topo).await?;
+    let again = vm::ruleset(vm_ns)?;
+    anyhow::ensure!(
+        again == installed,
+        "rules after restart:\n--- first run\n{installed}\n--- restart\n{again}"
+    );
+    let r = curl_as(vm_ns, "http://reviews.default.svc.cluster.local:9080/again").await?;
+    anyhow::ensure!(
+        r.status == 200 && r.remote_ip.starts_with("240.240.") && world.reviews.seen().len() == 1,
+        "{r:?}"
+    );
+
+    info!("SIGKILL again, then `petrel redirect --cleanup --state-file`");
+    proxy.signal("KILL")?;
+    proxy.wait_exit(Duration::from_secs(30)).await?;
+    drop(proxy);
+    let state = topo.state_file();
+    vm::exec_in(
+        vm_ns,
+        &[&petrel, "redirect", "--cleanup", "--state-file", &state],
+    )?;
+    let after = vm::ruleset(vm_ns)?;
+    anyhow::ensure!(
+        after == before,
+        "rules differ after cleanup:\n--- before\n{before}\n--- after\n{after}"
     );
     Ok(())
 }
