@@ -557,6 +557,32 @@ pub fn ruleset(ns: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The namespace's host state capture may change besides rules: addresses on `lo` (`::6`,
+/// `127.0.0.6`), policy routing rules and routes of every table (TPROXY); link-local lines
+/// left out.
+pub fn host_state(ns: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for args in [
+        &["ip", "-o", "addr", "show", "dev", "lo"][..],
+        &["ip", "rule"][..],
+        &["ip", "-6", "rule"][..],
+        &["ip", "route", "show", "table", "all"][..],
+        &["ip", "-6", "route", "show", "table", "all"][..],
+    ] {
+        let o = exec_in(ns, args)?;
+        out.push_str(&format!("### {}\n", args.join(" ")));
+        // Link-local addresses appear whenever the veths finish DAD: not ours to compare.
+        for line in String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.contains("fe80:"))
+        {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
 /// Runs `args` inside namespace `ns` to completion; fails on a non-zero exit.
 pub fn exec_in(ns: &str, args: &[&str]) -> anyhow::Result<Output> {
     let mut full = vec!["ip", "netns", "exec", ns];

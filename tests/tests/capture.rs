@@ -482,7 +482,8 @@ async fn vm_scenario() -> anyhow::Result<()> {
     let app = HttpServer::start(vm_ns, "app", Ipv4Addr::UNSPECIFIED, 8080).await?;
     let other = HttpServer::start(vm_ns, "other", Ipv4Addr::UNSPECIFIED, 8081).await?;
     let before = vm::ruleset(vm_ns)?;
-    info!(%before, "the VM's rules");
+    let host_before = vm::host_state(vm_ns)?;
+    info!(%before, %host_before, "the VM's rules and addresses");
 
     let mut proxy = start_vm_proxy(&topo).await?;
     let during = vm::ruleset(vm_ns)?;
@@ -632,6 +633,11 @@ async fn vm_scenario() -> anyhow::Result<()> {
     anyhow::ensure!(
         after == before,
         "rules differ after exit:\n--- before\n{before}\n--- after\n{after}"
+    );
+    let host_after = vm::host_state(vm_ns)?;
+    anyhow::ensure!(
+        host_after == host_before,
+        "addresses or routing differ after exit:\n--- before\n{host_before}\n--- after\n{host_after}"
     );
     Ok(())
 }
