@@ -81,14 +81,17 @@ impl Proxy {
         extra_args: &[&str],
         placement: &Placement,
     ) -> anyhow::Result<Self> {
-        Self::start_in(kind, bootstrap, &[], extra_args, placement).await
+        Self::start_in(kind, bootstrap, &[], &[], extra_args, placement).await
     }
 
-    /// Like [`start_with`](Self::start_with), with `before_config` placed between the binary
-    /// and `-c <file>`: e.g. `["run", "--capture", ..., "--"]` for `petrel run`.
+    /// Like [`start_with`](Self::start_with), with `wrapper` (a command that execs the binary
+    /// in place, e.g. `["setpriv", "--reuid", "1337", ...]`) before the binary and
+    /// `before_config` between the binary and `-c <file>` (e.g. `["run", "--capture", ...,
+    /// "--"]` for `petrel run`). The child PID stays the proxy's.
     pub async fn start_in(
         kind: ProxyKind,
         bootstrap: &str,
+        wrapper: &[&str],
         before_config: &[&str],
         extra_args: &[&str],
         placement: &Placement,
@@ -108,10 +111,17 @@ impl Proxy {
             // `ip netns exec` execs the proxy in place, so the child PID is the proxy's.
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns]).arg(&bin);
+                c.args(["netns", "exec", ns]).args(wrapper).arg(&bin);
                 c
             }
-            None => Command::new(&bin),
+            None => match wrapper.split_first() {
+                Some((first, rest)) => {
+                    let mut c = Command::new(first);
+                    c.args(rest).arg(&bin);
+                    c
+                }
+                None => Command::new(&bin),
+            },
         };
         cmd.args(before_config)
             .arg("-c")

@@ -15,6 +15,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use petrel_e2e::netns::NetNs;
 use petrel_e2e::proxy::{render, Placement};
 use petrel_e2e::vm::{self, curl_as, DnsServer, HttpServer, PeerNs, ResolvConf};
@@ -24,6 +25,11 @@ use tracing::info;
 /// The /30 between the proxy's namespace (`.1`) and the service namespace (`.2`). Both ends
 /// live in namespaces this test creates, so the subnet cannot collide with anything.
 const SVC_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 0);
+
+/// The unprivileged proxy user of the VM scenario that does not run the proxy as root (Istio's
+/// 1337): `petrel run` gets `CAP_NET_ADMIN`/`CAP_NET_RAW` as ambient capabilities, as a systemd
+/// unit with `User=` and `AmbientCapabilities=` would give it.
+const PROXY_USER: u32 = 1337;
 
 /// A service VIP nobody serves: only the 0.0.0.0:8080 listener can answer it.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -184,7 +190,10 @@ impl Topology {
                 "via",
                 &svc.ip().to_string(),
             ])?;
-            Ok(Topology { svc, app })
+            let topo = Topology { svc, app };
+            std::fs::create_dir_all(topo.state_dir())?;
+            std::os::unix::fs::chown(topo.state_dir(), Some(PROXY_USER), Some(PROXY_USER))?;
+            Ok(topo)
         })())
     }
 
@@ -200,19 +209,22 @@ impl Topology {
         self.svc.peer_ip()
     }
 
-    /// A private state file for `petrel redirect`/`run` (never the shared default path).
-    fn state_file(&self) -> String {
+    /// A private directory for the state file, writable by [`PROXY_USER`] too.
+    fn state_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir()
             .join("petrel-e2e")
-            .join(format!("{}.capture.state", self.app.name()))
-            .display()
-            .to_string()
+            .join(format!("{}-capture-state", self.app.name()))
+    }
+
+    /// A private state file for `petrel redirect`/`run` (never the shared default path).
+    fn state_file(&self) -> String {
+        self.state_dir().join("capture.state").display().to_string()
     }
 }
 
 impl Drop for Topology {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.state_file());
+        let _ = std::fs::remove_dir_all(self.state_dir());
     }
 }
 
@@ -366,10 +378,12 @@ async fn outbound_capture_hands_off_to_port_listener_and_passes_through() {
     differential(outbound_capture_scenario).await;
 }
 
-/// `petrel run --capture` in VM mode in the topology's proxy namespace, as root (`-u 0`), with
-/// the mesh DNS on 127.0.0.1:15053 and the topology's private state file.
-async fn start_vm_proxy(topo: &Topology) -> anyhow::Result<Proxy> {
+/// `petrel run --capture` in VM mode in the topology's proxy namespace as `uid` (root, or
+/// [`PROXY_USER`] with the capabilities capture needs) and `-u uid`, with the mesh DNS on
+/// 127.0.0.1:15053 and the topology's private state file.
+async fn start_vm_proxy(topo: &Topology, uid: u32) -> anyhow::Result<Proxy> {
     let state = topo.state_file();
+    let uid = uid.to_string();
     let run_flags = [
         "run",
         "--capture",
@@ -380,11 +394,28 @@ async fn start_vm_proxy(topo: &Topology) -> anyhow::Result<Proxy> {
         "--dns-port",
         "15053",
         "-u",
-        "0",
+        &uid,
         "--state-file",
         &state,
         "--",
     ];
+    let caps = "+net_admin,+net_raw";
+    let wrapper: &[&str] = if uid == "0" {
+        &[]
+    } else {
+        &[
+            "setpriv",
+            "--reuid",
+            &uid,
+            "--regid",
+            &uid,
+            "--clear-groups",
+            "--inh-caps",
+            caps,
+            "--ambient-caps",
+            caps,
+        ]
+    };
     let yaml = render(
         VM_BOOTSTRAP,
         &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &topo.svc.ip())],
@@ -392,6 +423,7 @@ async fn start_vm_proxy(topo: &Topology) -> anyhow::Result<Proxy> {
     Proxy::start_in(
         ProxyKind::Petrel,
         &yaml,
+        wrapper,
         &run_flags,
         &["--mesh-dns", "127.0.0.1:15053", "--drain-time-s", "2"],
         &topo.placement(),
@@ -449,11 +481,23 @@ impl VmWorld {
     }
 }
 
-/// Issue 5: VM mode with `petrel run --capture`, the mesh DNS and an unmodified client.
+/// Issue 5: VM mode with `petrel run --capture`, the mesh DNS and an unmodified client; the
+/// proxy runs as root and the rules exempt UID 0.
 #[tokio::test]
 async fn vm_capture_only_mesh_names_and_app_ports() {
+    run_vm_scenario(0).await;
+}
+
+/// The same, with the proxy as an unprivileged user holding only the capabilities capture
+/// needs (systemd `User=` + `AmbientCapabilities=`); the rules exempt that user.
+#[tokio::test]
+async fn vm_capture_with_unprivileged_proxy_user() {
+    run_vm_scenario(PROXY_USER).await;
+}
+
+async fn run_vm_scenario(proxy_uid: u32) {
     petrel_e2e::trace_init();
-    if let Err(e) = vm_scenario().await {
+    if let Err(e) = vm_scenario(proxy_uid).await {
         for tail in petrel_e2e::proxy::take_recent_logs() {
             eprintln!("{tail}");
         }
@@ -461,7 +505,7 @@ async fn vm_capture_only_mesh_names_and_app_ports() {
     }
 }
 
-async fn vm_scenario() -> anyhow::Result<()> {
+async fn vm_scenario(proxy_uid: u32) -> anyhow::Result<()> {
     let topo = match Topology::create() {
         Ok(t) => t?,
         Err(why) => {
@@ -485,12 +529,21 @@ async fn vm_scenario() -> anyhow::Result<()> {
     let host_before = vm::host_state(vm_ns)?;
     info!(%before, %host_before, "the VM's rules and addresses");
 
-    let mut proxy = start_vm_proxy(&topo).await?;
+    let mut proxy = start_vm_proxy(&topo, proxy_uid).await?;
     let during = vm::ruleset(vm_ns)?;
     info!(%during, "capture installed");
     anyhow::ensure!(
-        during.contains("ISTIO_OUTPUT") && during.contains("vm-own"),
+        during.contains("ISTIO_OUTPUT")
+            && during.contains("vm-own")
+            && during.contains(&format!("--uid-owner {proxy_uid} -j RETURN")),
         "rules while running:\n{during}"
+    );
+    let pid = proxy.pid().context("proxy pid")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+    anyhow::ensure!(
+        uid_line.split_whitespace().nth(1) == Some(proxy_uid.to_string().as_str()),
+        "proxy runs as {uid_line:?}, expected uid {proxy_uid}"
     );
 
     info!("a mesh name: mesh DNS → capture address → captured → routed by name");
@@ -675,7 +728,7 @@ async fn crash_scenario() -> anyhow::Result<()> {
     let world = VmWorld::start(&topo).await?;
     let before = vm::ruleset(vm_ns)?;
 
-    let mut proxy = start_vm_proxy(&topo).await?;
+    let mut proxy = start_vm_proxy(&topo, 0).await?;
     let installed = vm::ruleset(vm_ns)?;
     anyhow::ensure!(installed.contains("ISTIO_OUTPUT"), "{installed}");
     info!("SIGKILL: the rules stay");
@@ -689,7 +742,7 @@ async fn crash_scenario() -> anyhow::Result<()> {
     );
 
     info!("the next start replaces them: one rule set, and capture works");
-    let mut proxy = start_vm_proxy(&topo).await?;
+    let mut proxy = start_vm_proxy(&topo, 0).await?;
     let again = vm::ruleset(vm_ns)?;
     anyhow::ensure!(
         again == installed,
