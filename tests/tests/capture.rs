@@ -85,8 +85,9 @@ static_resources:
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 8081}}}}]}]
 "#;
 
-/// The VM: the outbound catch-all, a mesh service `reviews` routed by name on 9080, and an
-/// inbound listener on 15006 in front of the app on 8080.
+/// The VM: the outbound catch-all, a mesh service `reviews` routed by name on 9080, a TCP mesh
+/// service `details` known only by its Istio-style cluster name on 9091, and an inbound
+/// listener on 15006 in front of the app on 8080.
 const VM_BOOTSTRAP: &str = r#"
 admin:
   address: {socket_address: {address: "{{admin_ip}}", port_value: {{admin_port}}}}
@@ -123,6 +124,16 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: 0.0.0.0_9091
+    address: {socket_address: {address: 0.0.0.0, port_value: 9091}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: outbound_0.0.0.0_9091
+          cluster: "outbound|9091||details.default.svc.cluster.local"
   - name: virtualInbound
     address: {socket_address: {address: 0.0.0.0, port_value: 15006}}
     listener_filters:
@@ -155,6 +166,12 @@ static_resources:
     load_assignment:
       cluster_name: reviews.default.svc.cluster.local
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9080}}}}]}]
+  - name: "outbound|9091||details.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|9091||details.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9091}}}}]}]
   - name: "inbound|8080||"
     type: STATIC
     connect_timeout: 2s
@@ -523,6 +540,7 @@ async fn vm_scenario(proxy_uid: u32) -> anyhow::Result<()> {
     let world = VmWorld::start(&topo).await?;
     let (dns, reviews) = (&world.dns, &world.reviews);
     let plain = HttpServer::start(svc_ns, "plain", svc_ip, 8000).await?;
+    let details = HttpServer::start(svc_ns, "details", svc_ip, 9091).await?;
     let app = HttpServer::start(vm_ns, "app", Ipv4Addr::UNSPECIFIED, 8080).await?;
     let other = HttpServer::start(vm_ns, "other", Ipv4Addr::UNSPECIFIED, 8081).await?;
     let before = vm::ruleset(vm_ns)?;
@@ -584,6 +602,28 @@ async fn vm_scenario(proxy_uid: u32) -> anyhow::Result<()> {
     );
 
     let capture_ip = r.remote_ip.clone();
+
+    info!("a name known from an Istio-style cluster name, over a TCP listener");
+    let r = curl_as(vm_ns, "http://details.default.svc.cluster.local:9091/tcp").await?;
+    info!(?r, "details");
+    anyhow::ensure!(r.status == 200, "details → {r:?}");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.remote_ip != capture_ip,
+        "details resolved to {r:?} (reviews has {capture_ip})"
+    );
+    anyhow::ensure!(r.header("x-via").is_none(), "{r:?}");
+    let seen = details.seen();
+    anyhow::ensure!(
+        seen.len() == 1 && seen[0].path == "/tcp" && seen[0].peer == vm_ip.to_string(),
+        "details saw {seen:?}"
+    );
+    proxy
+        .admin()
+        .wait_for_stat_eq(
+            "cluster.outbound|9091||details.default.svc.cluster.local.upstream_cx_total",
+            1,
+        )
+        .await?;
 
     info!("DNS over TCP is captured too");
     let out = vm::run_as(
