@@ -334,12 +334,15 @@ impl HttpServer {
 }
 
 /// A minimal authoritative DNS server over UDP and TCP: `A <name>` → the fixed address, any
-/// other type for that name → NOERROR without answers, every other name → NXDOMAIN. Logs
-/// `<name> <qtype>` per query. argv: dir ip name address.
+/// other type for that name → NOERROR without answers, `A big.example.` → [`BIG_ANSWERS`]
+/// addresses `10.99.0.k` (too large for 512-byte UDP, sent whole anyway, as a resolver answering
+/// an EDNS query would), every other name → NXDOMAIN. Logs `<name> <qtype>` per query.
+/// argv: dir ip name address.
 const DNS_SERVER_PY: &str = r#"
 import os, socket, struct, sys, threading
 d, ip, owned, addr = sys.argv[1], sys.argv[2], sys.argv[3].lower(), sys.argv[4]
 lock = threading.Lock()
+BIG = %BIG%
 def answer(q):
     tid, flags = struct.unpack(">HH", q[:4])
     i, labels = 12, []
@@ -351,6 +354,10 @@ def answer(q):
     with lock, open(os.path.join(d, "log"), "a") as f:
         f.write("%s %d\n" % (name, qtype))
     hdr = 0x8000 | 0x0400 | (flags & 0x0100) | 0x0080
+    if name == "big.example." and qtype == 1:
+        rrs = b"".join(b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 5, 4) + bytes([10, 99, 0, k])
+                       for k in range(1, BIG + 1))
+        return struct.pack(">HHHHHH", tid, hdr, 1, BIG, 0, 0) + question + rrs
     if name != owned:
         return struct.pack(">HHHHHH", tid, hdr | 3, 1, 0, 0, 0) + question
     if qtype != 1:
@@ -392,6 +399,9 @@ while True:
         pass
 "#;
 
+/// How many A records [`DnsServer`] answers for `big.example.`: 60 × 16 bytes > 512.
+pub const BIG_ANSWERS: u8 = 60;
+
 /// A fake upstream resolver in a namespace (see [`DNS_SERVER_PY`]).
 pub struct DnsServer {
     helper: Helper,
@@ -410,7 +420,7 @@ impl DnsServer {
         let helper = Helper::start(
             ns,
             "dns",
-            DNS_SERVER_PY,
+            &DNS_SERVER_PY.replace("%BIG%", &BIG_ANSWERS.to_string()),
             &[&ip.to_string(), owned, &addr.to_string()],
         )
         .await?;

@@ -810,3 +810,110 @@ async fn crash_scenario() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Issue 5, the mesh DNS as the VM's resolver for names it does not own: an answer too large
+/// for a client's 512-byte UDP is truncated (TC) and complete over TCP, a malformed query is
+/// dropped and counted, and a dead upstream resolver gives SERVFAIL while mesh names still
+/// resolve.
+#[tokio::test]
+async fn vm_mesh_dns_truncates_drops_malformed_and_fails_cleanly() {
+    petrel_e2e::trace_init();
+    if let Err(e) = dns_edge_scenario().await {
+        for tail in petrel_e2e::proxy::take_recent_logs() {
+            eprintln!("{tail}");
+        }
+        panic!("{e:#}");
+    }
+}
+
+/// `dig` inside the VM namespace as the client user; fails unless it exits 0.
+async fn dig(vm_ns: &str, args: &[&str]) -> anyhow::Result<String> {
+    let mut full = vec!["dig", "+tries=1", "+time=10"];
+    full.extend_from_slice(args);
+    let out = vm::run_as(vm_ns, &full).await?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "{full:?}: {}: {text} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(text)
+}
+
+async fn dns_edge_scenario() -> anyhow::Result<()> {
+    let topo = match Topology::create() {
+        Ok(t) => t?,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+    if let Err(why) = ProxyKind::Petrel.binary() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let (vm_ns, svc_ip) = (topo.app.name(), topo.svc.ip());
+    let world = VmWorld::start(&topo).await?;
+    let proxy = start_vm_proxy(&topo, 0).await?;
+
+    info!("a 60-record answer over UDP without EDNS: truncated to 512 bytes with TC");
+    let text = dig(vm_ns, &["+noedns", "+ignore", "big.example", "A"]).await?;
+    info!(%text, "udp");
+    let flags = text
+        .lines()
+        .find(|l| l.starts_with(";; flags:"))
+        .unwrap_or_default();
+    anyhow::ensure!(
+        flags.split(';').nth(2).is_some_and(|f| f.contains(" tc")),
+        "no TC flag: {text}"
+    );
+    let size: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix(";; MSG SIZE  rcvd: "))
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no size in {text}"))?;
+    anyhow::ensure!(size <= 512, "{size}-byte UDP answer to a non-EDNS query");
+
+    info!("with EDNS (dig's 1232 bytes) the same answer fits in one datagram");
+    let text = dig(vm_ns, &["+ignore", "+short", "big.example", "A"]).await?;
+    anyhow::ensure!(
+        text.lines().count() == usize::from(vm::BIG_ANSWERS),
+        "EDNS answer: {text}"
+    );
+
+    info!("glibc retries over TCP and gets every record");
+    let out = vm::run_as(vm_ns, &["getent", "ahostsv4", "big.example"]).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let addrs: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    anyhow::ensure!(
+        addrs.len() == usize::from(vm::BIG_ANSWERS),
+        "getent ahostsv4 big.example: {} addresses: {text}",
+        addrs.len()
+    );
+
+    info!("a malformed query is dropped and counted");
+    // bash's /dev/udp: one datagram from the client user, captured like any DNS query.
+    let garbage = format!("printf '\\x12\\x34garbage' > /dev/udp/{svc_ip}/53");
+    let out = vm::run_as(vm_ns, &["bash", "-c", &garbage]).await?;
+    anyhow::ensure!(out.status.success(), "sending garbage: {out:?}");
+    proxy
+        .admin()
+        .wait_for_stat("dns.malformed", |v| v >= 1)
+        .await?;
+
+    info!("the upstream resolver goes away: SERVFAIL for forwarded names, mesh names still work");
+    drop(world.dns);
+    let text = dig(vm_ns, &["plain.example", "A"]).await?;
+    anyhow::ensure!(text.contains("status: SERVFAIL"), "dead upstream: {text}");
+    let text = dig(vm_ns, &["+short", "reviews.default.svc.cluster.local"]).await?;
+    anyhow::ensure!(text.trim().starts_with("240.240."), "mesh name: {text:?}");
+    proxy
+        .admin()
+        .wait_for_stat("dns.upstream_failures", |v| v >= 1)
+        .await?;
+    Ok(())
+}
