@@ -41,7 +41,8 @@ pub fn skip_reason() -> Option<String> {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
     if uid.as_deref() != Some("0") {
         return Some(format!(
-            "needs root for namespaces and iptables (uid {uid:?})"
+            "needs root for namespaces and iptables (running as uid {})",
+            uid.as_deref().unwrap_or("unknown")
         ));
     }
     for tool in [
