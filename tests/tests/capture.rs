@@ -35,7 +35,9 @@ const PROXY_USER: u32 = 1337;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 /// Istio's sidecar outbound model: a catch-all on 15001 that hands connections to the
-/// listener for their original destination, else passes them through.
+/// listener for their original destination, else passes them through. `{{listener_filters}}`
+/// is [`ORIGINAL_DST_FILTER`] (as Istio writes it) or nothing (Envoy then adds the filter
+/// itself, because `use_original_dst` is set).
 const OUTBOUND_BOOTSTRAP: &str = r#"
 admin:
   address: {socket_address: {address: "{{admin_ip}}", port_value: {{admin_port}}}}
@@ -44,9 +46,7 @@ static_resources:
   - name: virtualOutbound
     address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
     use_original_dst: true
-    listener_filters:
-    - name: envoy.filters.listener.original_dst
-      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+{{listener_filters}}
     default_filter_chain:
       filters:
       - name: envoy.filters.network.tcp_proxy
@@ -84,6 +84,11 @@ static_resources:
       cluster_name: svc8080
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 8081}}}}]}]
 "#;
+
+/// The explicit `original_dst` listener filter, indented for the catch-all listener.
+const ORIGINAL_DST_FILTER: &str = r#"    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}"#;
 
 /// The VM: the outbound catch-all, a mesh service `reviews` routed by name on 9080, a TCP mesh
 /// service `details` known only by its Istio-style cluster name on 9091, and an inbound
@@ -259,7 +264,10 @@ fn traffic_counters(stats: &Stats) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
+async fn outbound_capture_scenario(
+    kind: ProxyKind,
+    explicit_filter: bool,
+) -> anyhow::Result<Observations> {
     let mut obs = Observations::new(kind);
     let topo = match Topology::create() {
         Ok(t) => t?,
@@ -311,9 +319,18 @@ async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observatio
         "second apply changed the rules:\n--- first\n{rules}\n--- second\n{again}"
     );
 
+    let filters = if explicit_filter {
+        ORIGINAL_DST_FILTER
+    } else {
+        ""
+    };
     let yaml = render(
         OUTBOUND_BOOTSTRAP,
-        &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &svc_ip)],
+        &[
+            ("admin_ip", &topo.app.ns_ip()),
+            ("svc_ip", &svc_ip),
+            ("listener_filters", &filters),
+        ],
     );
     let proxy = Proxy::start_with(kind, &yaml, &[], &topo.placement()).await?;
 
@@ -392,7 +409,17 @@ async fn outbound_capture_scenario(kind: ProxyKind) -> anyhow::Result<Observatio
 /// Issue 2: `SO_ORIGINAL_DST` through a real iptables REDIRECT of locally generated traffic.
 #[tokio::test]
 async fn outbound_capture_hands_off_to_port_listener_and_passes_through() {
-    differential(outbound_capture_scenario).await;
+    differential(|kind| outbound_capture_scenario(kind, true)).await;
+}
+
+/// The same with `use_original_dst: true` and no explicit `original_dst` listener filter:
+/// Envoy adds the filter itself (`ListenerImpl::buildOriginalDstListenerFilter`) and hands off.
+#[tokio::test]
+#[ignore = "petrel bug: use_original_dst without an explicit original_dst listener filter never \
+            reads SO_ORIGINAL_DST (listener/mod.rs handle_tcp gates it on original_dst_filter): \
+            no hand-off, connection reset"]
+async fn outbound_capture_hands_off_with_implicit_original_dst_filter() {
+    differential(|kind| outbound_capture_scenario(kind, false)).await;
 }
 
 /// `petrel run --capture` in VM mode in the topology's proxy namespace as `uid` (root, or
