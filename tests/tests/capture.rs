@@ -422,18 +422,43 @@ async fn outbound_capture_hands_off_with_implicit_original_dst_filter() {
     differential(|kind| outbound_capture_scenario(kind, false)).await;
 }
 
+/// Where `petrel run --capture` learns the app's inbound port (8080).
+#[derive(Clone, Copy, Debug)]
+enum AppPorts {
+    /// `-b 8080`.
+    Flag,
+    /// `--spec` with [`APP_SPEC`] and no `-b`.
+    Spec,
+}
+
+/// The app's `spec.yaml` (TSF Mesh format): one HTTP service on 8080.
+const APP_SPEC: &str = "apiVersion: v1
+kind: Application
+spec:
+  services:
+    - name: app
+      ports:
+        - targetPort: 8080
+          protocol: http
+";
+
 /// `petrel run --capture` in VM mode in the topology's proxy namespace as `uid` (root, or
 /// [`PROXY_USER`] with the capabilities capture needs) and `-u uid`, with the mesh DNS on
 /// 127.0.0.1:15053 and the topology's private state file.
-async fn start_vm_proxy(topo: &Topology, uid: u32) -> anyhow::Result<Proxy> {
+async fn start_vm_proxy(topo: &Topology, uid: u32, ports: AppPorts) -> anyhow::Result<Proxy> {
     let state = topo.state_file();
+    let spec = topo.state_dir().join("spec.yaml").display().to_string();
     let uid = uid.to_string();
-    let run_flags = [
-        "run",
-        "--capture",
-        "--vm",
-        "-b",
-        "8080",
+    let mut run_flags = vec!["run", "--capture", "--vm"];
+    let mut proxy_flags = vec!["--mesh-dns", "127.0.0.1:15053", "--drain-time-s", "2"];
+    match ports {
+        AppPorts::Flag => run_flags.extend(["-b", "8080"]),
+        AppPorts::Spec => {
+            std::fs::write(&spec, APP_SPEC)?;
+            proxy_flags.extend(["--spec", &spec]);
+        }
+    }
+    run_flags.extend([
         "--redirect-dns",
         "--dns-port",
         "15053",
@@ -442,7 +467,7 @@ async fn start_vm_proxy(topo: &Topology, uid: u32) -> anyhow::Result<Proxy> {
         "--state-file",
         &state,
         "--",
-    ];
+    ]);
     let caps = "+net_admin,+net_raw";
     let wrapper: &[&str] = if uid == "0" {
         &[]
@@ -469,7 +494,7 @@ async fn start_vm_proxy(topo: &Topology, uid: u32) -> anyhow::Result<Proxy> {
         &yaml,
         wrapper,
         &run_flags,
-        &["--mesh-dns", "127.0.0.1:15053", "--drain-time-s", "2"],
+        &proxy_flags,
         &topo.placement(),
     )
     .await
@@ -529,19 +554,20 @@ impl VmWorld {
 /// proxy runs as root and the rules exempt UID 0.
 #[tokio::test]
 async fn vm_capture_only_mesh_names_and_app_ports() {
-    run_vm_scenario(0).await;
+    run_vm_scenario(0, AppPorts::Flag).await;
 }
 
 /// The same, with the proxy as an unprivileged user holding only the capabilities capture
-/// needs (systemd `User=` + `AmbientCapabilities=`); the rules exempt that user.
+/// needs (systemd `User=` + `AmbientCapabilities=`), the rules exempting that user, and the
+/// app port taken from `spec.yaml` instead of `-b`.
 #[tokio::test]
 async fn vm_capture_with_unprivileged_proxy_user() {
-    run_vm_scenario(PROXY_USER).await;
+    run_vm_scenario(PROXY_USER, AppPorts::Spec).await;
 }
 
-async fn run_vm_scenario(proxy_uid: u32) {
+async fn run_vm_scenario(proxy_uid: u32, ports: AppPorts) {
     petrel_e2e::trace_init();
-    if let Err(e) = vm_scenario(proxy_uid).await {
+    if let Err(e) = vm_scenario(proxy_uid, ports).await {
         for tail in petrel_e2e::proxy::take_recent_logs() {
             eprintln!("{tail}");
         }
@@ -549,7 +575,7 @@ async fn run_vm_scenario(proxy_uid: u32) {
     }
 }
 
-async fn vm_scenario(proxy_uid: u32) -> anyhow::Result<()> {
+async fn vm_scenario(proxy_uid: u32, ports: AppPorts) -> anyhow::Result<()> {
     let topo = match Topology::create() {
         Ok(t) => t?,
         Err(why) => {
@@ -574,7 +600,7 @@ async fn vm_scenario(proxy_uid: u32) -> anyhow::Result<()> {
     let host_before = vm::host_state(vm_ns)?;
     info!(%before, %host_before, "the VM's rules and addresses");
 
-    let mut proxy = start_vm_proxy(&topo, proxy_uid).await?;
+    let mut proxy = start_vm_proxy(&topo, proxy_uid, ports).await?;
     let during = vm::ruleset(vm_ns)?;
     info!(%during, "capture installed");
     anyhow::ensure!(
@@ -795,7 +821,7 @@ async fn crash_scenario() -> anyhow::Result<()> {
     let world = VmWorld::start(&topo).await?;
     let before = vm::ruleset(vm_ns)?;
 
-    let mut proxy = start_vm_proxy(&topo, 0).await?;
+    let mut proxy = start_vm_proxy(&topo, 0, AppPorts::Flag).await?;
     let installed = vm::ruleset(vm_ns)?;
     anyhow::ensure!(installed.contains("ISTIO_OUTPUT"), "{installed}");
     info!("SIGKILL: the rules stay");
@@ -809,7 +835,7 @@ async fn crash_scenario() -> anyhow::Result<()> {
     );
 
     info!("the next start replaces them: one rule set, and capture works");
-    let mut proxy = start_vm_proxy(&topo, 0).await?;
+    let mut proxy = start_vm_proxy(&topo, 0, AppPorts::Flag).await?;
     let again = vm::ruleset(vm_ns)?;
     anyhow::ensure!(
         again == installed,
@@ -882,7 +908,7 @@ async fn dns_edge_scenario() -> anyhow::Result<()> {
     }
     let (vm_ns, svc_ip) = (topo.app.name(), topo.svc.ip());
     let world = VmWorld::start(&topo).await?;
-    let proxy = start_vm_proxy(&topo, 0).await?;
+    let proxy = start_vm_proxy(&topo, 0, AppPorts::Flag).await?;
 
     info!("a 60-record answer over UDP without EDNS: truncated to 512 bytes with TC");
     let text = dig(vm_ns, &["+noedns", "+ignore", "big.example", "A"]).await?;
