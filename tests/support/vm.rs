@@ -7,12 +7,17 @@
 //! the helper processes write (request logs, DNS query logs, readiness markers), so it needs no
 //! `setns` and no `unsafe`.
 //!
-//! - [`PeerNs`]: a namespace joined to an existing one by a veth /30 (no host end), with its own
-//!   `/etc/netns/<name>/resolv.conf` when asked; deleted (with that file) on drop.
+//! - [`Topology`]: the proxy's namespace (a [`NetNs`], host veth for admin) plus a service
+//!   [`PeerNs`], with a default route into it and a private capture state directory.
+//! - [`PeerNs`]: a namespace joined to an existing one by a veth /30 (no host end); deleted on
+//!   drop.
+//! - [`ResolvConf`]: `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` bind-mounts.
 //! - [`HttpServer`]: a Python HTTP/1.1 server that names itself and logs every request.
 //! - [`DnsServer`]: a Python UDP+TCP DNS server answering a fixed A record, logging queries.
-//! - [`curl_as`]: an unmodified `curl` run inside a namespace as another UID.
-//! - [`ruleset`]: a namespace's `iptables-save`/`ip6tables-save`/`nft list ruleset`.
+//! - [`curl_as`], [`run_as`]: an unmodified `curl` (or any command) inside a namespace as
+//!   [`CLIENT_UID`].
+//! - [`ruleset`], [`host_state`]: a namespace's `iptables-save`/`ip6tables-save`/`nft list
+//!   ruleset`, and its `lo` addresses and policy routing, for before/after comparisons.
 //! - [`skip_reason`]: why a privileged scenario cannot run here (not root, a tool missing).
 
 use std::net::Ipv4Addr;
@@ -23,7 +28,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use crate::netns::KillOnDrop;
+use crate::netns::{KillOnDrop, NetNs};
+use crate::proxy::Placement;
 use crate::wait;
 
 /// The UID/GID test clients run as: anything but the proxy's (root), so capture applies.
@@ -66,6 +72,85 @@ pub fn skip_reason() -> Option<String> {
         }
     }
     None
+}
+
+/// The /30 between the proxy's namespace (`.1`) and the service namespace (`.2`) of a
+/// [`Topology`]. Both ends live in namespaces the test creates, so it cannot collide.
+const SVC_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 0);
+
+/// An unprivileged proxy user (Istio's 1337): scenarios run `petrel run` as this user with
+/// `CAP_NET_ADMIN`/`CAP_NET_RAW` as ambient capabilities, as a systemd unit with `User=` and
+/// `AmbientCapabilities=` would.
+pub const PROXY_USER: u32 = 1337;
+
+/// The proxy's namespace (host veth for admin only) plus the service namespace, with a default
+/// route from the proxy's namespace into the service namespace (so VIPs and capture addresses
+/// are routable, as on a real host).
+pub struct Topology {
+    // Field order is drop order: the service namespace's veth peer lives in `app`.
+    /// The service namespace (upstreams, the resolver).
+    pub svc: PeerNs,
+    /// The proxy's namespace ("app" or "VM").
+    pub app: NetNs,
+}
+
+// === impl Topology ===
+
+impl Topology {
+    /// Creates both namespaces, or says why this host cannot (`Err`, a skip reason); the inner
+    /// result is a setup failure.
+    pub fn create() -> Result<anyhow::Result<Self>, String> {
+        if let Some(why) = skip_reason() {
+            return Err(why);
+        }
+        let app = NetNs::create()?;
+        Ok((|| {
+            let svc = PeerNs::create(app.name(), SVC_SUBNET)?;
+            app.exec(&[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &svc.ip().to_string(),
+            ])?;
+            let topo = Topology { svc, app };
+            std::fs::create_dir_all(topo.state_dir())?;
+            std::os::unix::fs::chown(topo.state_dir(), Some(PROXY_USER), Some(PROXY_USER))?;
+            Ok(topo)
+        })())
+    }
+
+    /// Runs a proxy in the proxy's namespace, admin on its host-veth address.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            netns: Some(self.app.name().to_owned()),
+            admin_ip: self.app.ns_ip(),
+        }
+    }
+
+    /// The proxy namespace's address on the service link.
+    pub fn app_ip(&self) -> Ipv4Addr {
+        self.svc.peer_ip()
+    }
+
+    /// A private directory for the state file, writable by [`PROXY_USER`] too.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir()
+            .join("petrel-e2e")
+            .join(format!("{}-capture-state", self.app.name()))
+    }
+
+    /// A private state file for `petrel redirect`/`run` (never the shared default path).
+    pub fn state_file(&self) -> String {
+        self.state_dir().join("capture.state").display().to_string()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
+    }
 }
 
 /// A namespace joined to `peer` (an existing namespace) by a veth /30: `peer_ip` on the peer's

@@ -7,7 +7,18 @@
 //!
 //! Loop safety: the proxy runs as root (UID 0) and the rules exempt `-u 0`; clients run as
 //! `nobody` (65534, via `setpriv`), so only their traffic is captured. The proxy's own upstream
-//! connections (which `-i '*'` would otherwise capture) go straight out.
+//! connections (which `-i '*'` would otherwise capture) go straight out. One VM variant runs the
+//! proxy as an unprivileged user (1337) with ambient `CAP_NET_ADMIN`/`CAP_NET_RAW` and `-u 1337`.
+//!
+//! - Issue 2 (differential against Envoy): istio-style `petrel redirect -i '*'` in the app
+//!   namespace; the catch-all on 15001 hands a VIP:8080 and a real server's :8080 to the
+//!   `bind_to_port: false` 0.0.0.0:8080 listener and passes :9090 through to the original
+//!   destination; re-applying the rules is idempotent.
+//! - Issue 5 (Petrel only): `petrel run --capture --vm` with the mesh DNS; mesh names (route
+//!   domain, Istio-style cluster name, short form) resolve to 240.240/16 and are captured, other
+//!   names are forwarded and not captured, only the app port is captured inbound, DNS edge cases,
+//!   and the rule set and host state are exactly as before after SIGTERM (or SIGKILL + restart +
+//!   `petrel redirect --cleanup`).
 //!
 //! Each scenario is skipped with a printed `SKIPPED:` reason where it cannot run (not root, a
 //! tool missing). Namespaces, their veths and `/etc/netns/<ns>` are removed by drop guards.
@@ -16,20 +27,10 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use petrel_e2e::netns::NetNs;
-use petrel_e2e::proxy::{render, Placement};
-use petrel_e2e::vm::{self, curl_as, DnsServer, HttpServer, PeerNs, ResolvConf};
+use petrel_e2e::proxy::render;
+use petrel_e2e::vm::{self, curl_as, DnsServer, HttpServer, ResolvConf, Topology, PROXY_USER};
 use petrel_e2e::{differential, Observations, Proxy, ProxyKind, Stats};
 use tracing::info;
-
-/// The /30 between the proxy's namespace (`.1`) and the service namespace (`.2`). Both ends
-/// live in namespaces this test creates, so the subnet cannot collide with anything.
-const SVC_SUBNET: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 0);
-
-/// The unprivileged proxy user of the VM scenario that does not run the proxy as root (Istio's
-/// 1337): `petrel run` gets `CAP_NET_ADMIN`/`CAP_NET_RAW` as ambient capabilities, as a systemd
-/// unit with `User=` and `AmbientCapabilities=` would give it.
-const PROXY_USER: u32 = 1337;
 
 /// A service VIP nobody serves: only the 0.0.0.0:8080 listener can answer it.
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -184,71 +185,6 @@ static_resources:
       cluster_name: "inbound|8080||"
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 8080}}}}]}]
 "#;
-
-/// The proxy's namespace (host veth for admin only) plus the service namespace, with a default
-/// route from the proxy's namespace into the service namespace (so VIPs and capture addresses
-/// are routable, as on a real host).
-struct Topology {
-    // Field order is drop order: the service namespace's veth peer lives in `app`.
-    svc: PeerNs,
-    app: NetNs,
-}
-
-// === impl Topology ===
-
-impl Topology {
-    fn create() -> Result<anyhow::Result<Self>, String> {
-        if let Some(why) = vm::skip_reason() {
-            return Err(why);
-        }
-        let app = NetNs::create()?;
-        Ok((|| {
-            let svc = PeerNs::create(app.name(), SVC_SUBNET)?;
-            app.exec(&[
-                "ip",
-                "route",
-                "add",
-                "default",
-                "via",
-                &svc.ip().to_string(),
-            ])?;
-            let topo = Topology { svc, app };
-            std::fs::create_dir_all(topo.state_dir())?;
-            std::os::unix::fs::chown(topo.state_dir(), Some(PROXY_USER), Some(PROXY_USER))?;
-            Ok(topo)
-        })())
-    }
-
-    fn placement(&self) -> Placement {
-        Placement {
-            netns: Some(self.app.name().to_owned()),
-            admin_ip: self.app.ns_ip(),
-        }
-    }
-
-    /// The proxy namespace's address on the service link.
-    fn app_ip(&self) -> Ipv4Addr {
-        self.svc.peer_ip()
-    }
-
-    /// A private directory for the state file, writable by [`PROXY_USER`] too.
-    fn state_dir(&self) -> std::path::PathBuf {
-        std::env::temp_dir()
-            .join("petrel-e2e")
-            .join(format!("{}-capture-state", self.app.name()))
-    }
-
-    /// A private state file for `petrel redirect`/`run` (never the shared default path).
-    fn state_file(&self) -> String {
-        self.state_dir().join("capture.state").display().to_string()
-    }
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.state_dir());
-    }
-}
 
 /// The value of every counter a capture could move, excluding admin and DNS traffic.
 fn traffic_counters(stats: &Stats) -> Vec<(String, String)> {
