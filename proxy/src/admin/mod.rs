@@ -181,6 +181,18 @@ fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Resp {
         }
         "/config_dump" => json_resp(config_dump(ctx, &q)),
         "/clusters" => clusters(shared, &q),
+        "/init_dump" => {
+            // Envoy lists the init targets still waiting; once initialized the dump is empty.
+            let unready = ctx.xds.get().map(|x| x.unready()).unwrap_or_default();
+            if unready.is_empty() {
+                json_resp(json!({}))
+            } else {
+                json_resp(json!({"unready_targets_dumps": [{
+                    "name": "Server",
+                    "target_names": unready,
+                }]}))
+            }
+        }
         "/listeners" => listeners(shared, &q),
         "/quitquitquit" => {
             let _ = ctx.quit.send(());
@@ -223,7 +235,7 @@ fn handle(ctx: &AdminCtx, req: Request<Incoming>) -> Resp {
         }
         "/" | "/help" => text(
             StatusCode::OK,
-            "admin commands are:\n  /clusters\n  /config_dump\n  /drain_listeners (POST)\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /listeners\n  /logging\n  /quitquitquit (POST)\n  /ready\n  /reset_counters (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n",
+            "admin commands are:\n  /clusters\n  /config_dump\n  /init_dump\n  /drain_listeners (POST)\n  /healthcheck/fail (POST)\n  /healthcheck/ok (POST)\n  /listeners\n  /logging\n  /quitquitquit (POST)\n  /ready\n  /reset_counters (POST)\n  /server_info\n  /stats\n  /stats/prometheus\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "invalid path. admin commands are listed at /help\n"),
     }
@@ -375,7 +387,49 @@ fn config_dump(ctx: &AdminCtx, q: &HashMap<String, String>) -> serde_json::Value
             })
             .collect();
     }
+    if let Some(mask) = q.get("mask").filter(|m| !m.is_empty()) {
+        let paths: Vec<Vec<&str>> = mask
+            .split(',')
+            .map(|p| p.trim().split('.').collect())
+            .collect();
+        configs = configs
+            .into_iter()
+            .map(|c| apply_mask(&c, &paths))
+            .collect();
+    }
     json!({ "configs": configs })
+}
+
+/// Applies a protobuf FieldMask (`a.b,c`) to a JSON object: only the named paths (and
+/// `@type`) are kept; arrays on the way apply the rest of the path to each element.
+fn apply_mask(v: &serde_json::Value, paths: &[Vec<&str>]) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Array(items) => Value::Array(items.iter().map(|i| apply_mask(i, paths)).collect()),
+        Value::Object(obj) => {
+            let mut out = serde_json::Map::new();
+            if let Some(t) = obj.get("@type") {
+                out.insert("@type".into(), t.clone());
+            }
+            for (key, val) in obj {
+                let rests: Vec<Vec<&str>> = paths
+                    .iter()
+                    .filter(|p| p.first() == Some(&key.as_str()))
+                    .map(|p| p[1..].to_vec())
+                    .collect();
+                if rests.is_empty() {
+                    continue;
+                }
+                if rests.iter().any(|r| r.is_empty()) {
+                    out.insert(key.clone(), val.clone());
+                } else {
+                    out.insert(key.clone(), apply_mask(val, &rests));
+                }
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    }
 }
 
 fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
@@ -448,4 +502,29 @@ fn listeners(shared: &Shared, q: &HashMap<String, String>) -> Resp {
         out.push_str(&format!("{}::{}\n", l.name, l.addr));
     }
     text(StatusCode::OK, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_mask_keeps_named_paths_through_arrays() {
+        let v = json!({
+            "@type": "t",
+            "static_clusters": [{"cluster": {"name": "a", "type": "STATIC"}, "last_updated": "x"}],
+            "dynamic_active_clusters": [],
+        });
+        let masked = apply_mask(&v, &[vec!["static_clusters", "cluster", "name"]]);
+        assert_eq!(
+            masked,
+            json!({"@type": "t", "static_clusters": [{"cluster": {"name": "a"}}]})
+        );
+    }
+
+    #[test]
+    fn percent_decoding_of_query_values() {
+        assert_eq!(percent_decode("cluster%2Eup+x"), "cluster.up x");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+    }
 }

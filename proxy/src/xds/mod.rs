@@ -588,6 +588,25 @@ impl XdsManager {
         self.initialized.send_replace(true);
     }
 
+    /// Init targets still waiting (`/init_dump`): warming clusters and listeners, and the
+    /// resource types not yet received.
+    pub fn unready(&self) -> Vec<String> {
+        let st = self.lock();
+        if *self.initialized.borrow() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if !st.cds_seen {
+            out.push("CdsApi".to_string());
+        }
+        if !st.lds_seen {
+            out.push("LdsApi".to_string());
+        }
+        out.extend(st.warming_clusters.keys().map(|c| format!("Cluster {c}")));
+        out.extend(st.warming_listeners.keys().map(|l| format!("Listener {l}")));
+        out
+    }
+
     /// The dynamic resources for `/config_dump`.
     pub fn dump(&self) -> DynamicDump {
         dump::build(&self.lock())
