@@ -184,7 +184,9 @@ impl HttpConnMgr {
             .http1()
             .preserve_header_case(self.header_case == crate::config::HeaderCase::Preserve)
             .title_case_headers(self.header_case == crate::config::HeaderCase::Title)
-            .keep_alive(true);
+            .keep_alive(true)
+            // Envoy's max_request_headers_kb default (60 KiB): larger heads get 431.
+            .max_buf_size(60 * 1024);
         builder
             .http2()
             .initial_stream_window_size(16 * 1024 * 1024)
@@ -221,6 +223,18 @@ impl HttpConnMgr {
                 .is_some_and(|h| h.is_parse() || h.is_parse_status() || h.is_parse_too_large());
             if malformed {
                 self.stats.downstream_cx_protocol_error.inc();
+            }
+            // hyper answered an unparsable request itself (400, or 431 for an oversized
+            // head); Envoy counts that local reply as a request.
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                if h.is_parse_too_large() {
+                    self.stats.downstream_rq_total.inc();
+                    self.stats
+                        .charge(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+                } else if h.is_parse() {
+                    self.stats.downstream_rq_total.inc();
+                    self.stats.charge(http::StatusCode::BAD_REQUEST);
+                }
             }
             tracing::debug!("downstream connection ended with error: {e}");
         }

@@ -125,7 +125,11 @@ async fn route_and_forward(
         || req.version() == Version::HTTP_09
     {
         flags.insert(Flags::DOWNSTREAM_PROTOCOL_ERROR);
-        return Err(local_reply(StatusCode::UPGRADE_REQUIRED, "", false));
+        return Err(local_reply(
+            StatusCode::UPGRADE_REQUIRED,
+            "Upgrade Required",
+            false,
+        ));
     }
     let host = match request_host(&req) {
         Some(h) => h,
@@ -243,6 +247,9 @@ async fn route_and_forward(
         _ => cluster.pick(),
     };
     let Some(upstream_host) = host_pick else {
+        if let Some(l) = log.as_mut() {
+            l.set_upstream(cluster.name.clone(), String::new());
+        }
         cluster.stats.upstream_cx_none_healthy.inc();
         flags.insert(Flags::NO_HEALTHY_UPSTREAM);
         cluster.stats.charge_code(503);
@@ -283,11 +290,9 @@ async fn route_and_forward(
     let deadline = fwd
         .timeout
         .map(|t| tokio::time::Instant::from_std(start) + t);
-    cluster.stats.upstream_rq_total.inc();
-    upstream_host
-        .stats
-        .rq_total
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Envoy counts a pending request, and counts upstream_rq_total only once a stream is
+    // attached to a connection (a failed connect leaves it at zero).
+    cluster.stats.upstream_rq_pending_total.inc();
     let _rq_active = GaugeGuard::new(&cluster.stats.upstream_rq_active);
     upstream_host
         .active_rq
@@ -300,6 +305,11 @@ async fn route_and_forward(
             .checkout(&upstream_host, &cluster, upstream_h2)
             .await;
         let sender = sender.map_err(Failure::Connect)?;
+        cluster.stats.upstream_rq_total.inc();
+        upstream_host
+            .stats
+            .rq_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent_at = Instant::now();
         match sender {
             Sender::H1(mut s) => {
@@ -455,6 +465,9 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         h.remove(header::UPGRADE);
     }
     h.remove(&KEEP_ALIVE);
+    // hyper answers `Expect: 100-continue` downstream itself; like Envoy, the upstream does
+    // not see the expectation.
+    h.remove(header::EXPECT);
     h.remove(&PROXY_CONNECTION);
     h.remove(header::TRANSFER_ENCODING);
     if h.get(header::TE).is_some_and(|v| v != "trailers") {

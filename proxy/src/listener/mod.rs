@@ -147,7 +147,8 @@ impl ListenerStats {
 /// Envoy's stat prefix for a listener address: `127.0.0.1_10000`, `[::1]_10000` → `::1_10000`.
 pub fn stat_prefix_for(addr: &ListenAddr) -> String {
     match addr {
-        ListenAddr::Tcp(a) => format!("{}_{}", a.ip(), a.port()),
+        // Envoy renders the address as `ip:port` (`[v6]:port`) and replaces `:` with `_`.
+        ListenAddr::Tcp(a) => a.to_string().replace(':', "_"),
         ListenAddr::Pipe(p, _) => p.display().to_string(),
     }
 }
@@ -175,7 +176,8 @@ impl Listener {
         // Original destination: read it, and if this is the catch-all listener, hand the
         // connection to the listener bound (or not bound) at that address.
         let mut orig_dst = None;
-        if self.original_dst_filter && !handoff {
+        // Envoy adds the original_dst listener filter itself when use_original_dst is set.
+        if (self.original_dst_filter || self.use_original_dst) && !handoff {
             if let Ok(dst) = redirect::original_dst(&stream) {
                 if dst.0 != local {
                     orig_dst = Some(dst.0);
