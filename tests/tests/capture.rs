@@ -351,9 +351,6 @@ async fn outbound_capture_hands_off_to_port_listener_and_passes_through() {
 /// The same with `use_original_dst: true` and no explicit `original_dst` listener filter:
 /// Envoy adds the filter itself (`ListenerImpl::buildOriginalDstListenerFilter`) and hands off.
 #[tokio::test]
-#[ignore = "petrel bug: use_original_dst without an explicit original_dst listener filter never \
-            reads SO_ORIGINAL_DST (listener/mod.rs handle_tcp gates it on original_dst_filter): \
-            no hand-off, connection reset"]
 async fn outbound_capture_hands_off_with_implicit_original_dst_filter() {
     differential(|kind| outbound_capture_scenario(kind, false)).await;
 }
