@@ -35,6 +35,7 @@ pub mod trace;
 pub mod upstream;
 pub mod vm;
 pub mod wait;
+pub mod xds;
 pub mod yaml;
 
 pub use admin::{Admin, Stats};
