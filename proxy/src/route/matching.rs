@@ -101,28 +101,28 @@ impl HeaderMatcher {
     }
 
     /// The header's value; several values are joined with `,` as Envoy does.
-    fn value(&self, req: &RequestView<'_>) -> Option<std::borrow::Cow<'_, str>> {
+    fn value<'r>(&self, req: &RequestView<'r>) -> Option<std::borrow::Cow<'r, str>> {
         use std::borrow::Cow;
         match self.name.as_str() {
-            ":path" => return Some(Cow::Owned(req.path.to_string())),
-            ":method" => return Some(Cow::Owned(req.method.to_string())),
-            ":authority" => return Some(Cow::Owned(req.host.to_string())),
-            ":scheme" => return Some(Cow::Owned(req.scheme.to_string())),
+            ":path" => return Some(Cow::Borrowed(req.path)),
+            ":method" => return Some(Cow::Borrowed(req.method)),
+            ":authority" => return Some(Cow::Borrowed(req.host)),
+            ":scheme" => return Some(Cow::Borrowed(req.scheme)),
             _ => {}
         }
         let mut values = req.headers.get_all(self.name.as_str()).iter();
         let first = values.next()?;
         let first = String::from_utf8_lossy(first.as_bytes());
-        let mut joined: Option<String> = None;
-        for v in values {
-            let j = joined.get_or_insert_with(|| first.to_string());
-            j.push(',');
-            j.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        let Some(second) = values.next() else {
+            // The common case, one value: borrowed, no allocation on the request path.
+            return Some(first);
+        };
+        let mut joined = first.into_owned();
+        for v in std::iter::once(second).chain(values) {
+            joined.push(',');
+            joined.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
-        Some(match joined {
-            Some(j) => Cow::Owned(j),
-            None => Cow::Owned(first.into_owned()),
-        })
+        Some(Cow::Owned(joined))
     }
 }
 
