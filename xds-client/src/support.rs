@@ -40,7 +40,6 @@ const OPAQUE: &[&str] = &[
     "envoy.config.core.v3.Locality",
     "envoy.config.core.v3.Metadata",
     "envoy.config.core.v3.Http2ProtocolOptions",
-    "envoy.config.core.v3.HttpProtocolOptions",
     "envoy.config.core.v3.RuntimeFractionalPercent",
     "envoy.type.v3.FractionalPercent",
     "envoy.type.v3.Percent",
@@ -112,6 +111,10 @@ pub static RULES: &[Rule] = rules! {
         ignored: [],
     },
     "envoy.config.core.v3.Pipe" => { supported: ["path", "mode"], ignored: [] },
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager.InternalAddressConfig" => {
+        supported: ["cidr_ranges", "unix_sockets"],
+        ignored: [],
+    },
     "envoy.config.core.v3.CidrRange" => { supported: ["address_prefix", "prefix_len"], ignored: [] },
     "envoy.config.core.v3.BindConfig" => { supported: ["source_address", "freebind"], ignored: ["socket_options"] },
     "envoy.config.core.v3.TypedExtensionConfig" => { supported: ["name", "typed_config"], ignored: [] },
@@ -173,12 +176,13 @@ pub static RULES: &[Rule] = rules! {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
         supported: ["codec_type", "stat_prefix", "route_config", "rds", "http_filters", "server_name",
             "server_header_transformation", "access_log", "upgrade_configs", "generate_request_id",
-            "use_remote_address", "http_protocol_options"],
+            "use_remote_address", "http_protocol_options", "stream_idle_timeout",
+            "internal_address_config"],
         ignored: ["common_http_protocol_options", "http2_protocol_options",
-            "xff_num_trusted_hops", "stream_idle_timeout", "request_timeout", "drain_timeout",
+            "xff_num_trusted_hops", "request_timeout", "drain_timeout",
             "delayed_close_timeout", "normalize_path", "merge_slashes",
             "path_with_escaped_slashes_action", "forward_client_cert_details",
-            "set_current_client_cert_details", "tracing", "internal_address_config",
+            "set_current_client_cert_details", "tracing",
             "preserve_external_request_id", "add_user_agent", "max_request_headers_kb",
             "stream_error_on_invalid_http_message", "request_headers_timeout",
             "always_set_request_id_in_response", "local_reply_config", "access_log_options",
@@ -193,8 +197,8 @@ pub static RULES: &[Rule] = rules! {
         ignored: ["disabled"],
     },
     "envoy.extensions.filters.http.router.v3.Router" => {
-        supported: ["suppress_envoy_headers"],
-        ignored: ["dynamic_stats", "start_child_span", "upstream_log", "upstream_log_options",
+        supported: ["suppress_envoy_headers", "dynamic_stats"],
+        ignored: ["start_child_span", "upstream_log", "upstream_log_options",
             "respect_expected_rq_timeout", "strict_check_headers", "suppress_grpc_request_failure_code_stats"],
     },
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => {
@@ -217,8 +221,9 @@ pub static RULES: &[Rule] = rules! {
     },
     "envoy.config.route.v3.VirtualHost" => {
         supported: ["name", "domains", "routes", "request_headers_to_add", "request_headers_to_remove",
-            "response_headers_to_add", "response_headers_to_remove"],
-        ignored: ["include_request_attempt_count", "include_attempt_count_in_response", "metadata"],
+            "response_headers_to_add", "response_headers_to_remove", "retry_policy",
+            "include_request_attempt_count", "include_attempt_count_in_response"],
+        ignored: ["metadata"],
     },
     "envoy.config.route.v3.Route" => {
         supported: ["name", "match", "route", "redirect", "direct_response", "request_headers_to_add",
@@ -227,7 +232,7 @@ pub static RULES: &[Rule] = rules! {
     },
     "envoy.config.route.v3.RouteMatch" => {
         supported: ["prefix", "path", "safe_regex", "path_separated_prefix", "headers",
-            "query_parameters", "case_sensitive", "grpc"],
+            "query_parameters", "case_sensitive", "grpc", "runtime_fraction"],
         ignored: [],
     },
     "envoy.config.route.v3.RouteMatch.GrpcRouteMatchOptions" => { supported: [], ignored: [] },
@@ -250,9 +255,37 @@ pub static RULES: &[Rule] = rules! {
     "envoy.config.route.v3.RouteAction" => {
         supported: ["cluster", "cluster_header", "weighted_clusters", "timeout", "prefix_rewrite",
             "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
-            "upgrade_configs", "cluster_not_found_response_code"],
-        ignored: ["hash_policy", "priority", "max_grpc_timeout", "grpc_timeout_offset",
-            "include_vh_rate_limits", "append_x_forwarded_host"],
+            "upgrade_configs", "cluster_not_found_response_code", "retry_policy", "idle_timeout",
+            "max_stream_duration", "priority", "max_grpc_timeout", "grpc_timeout_offset",
+            "request_mirror_policies"],
+        ignored: ["hash_policy", "include_vh_rate_limits", "append_x_forwarded_host"],
+    },
+    "envoy.config.route.v3.RouteAction.MaxStreamDuration" => {
+        supported: ["max_stream_duration"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy" => {
+        supported: ["cluster", "cluster_header", "runtime_fraction",
+            "disable_shadow_host_suffix_append"],
+        ignored: ["trace_sampled"],
+    },
+    "envoy.config.route.v3.RetryPolicy" => {
+        supported: ["retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
+            "retry_host_predicate", "host_selection_retry_max_attempts", "retriable_status_codes",
+            "retry_back_off", "retriable_headers", "retriable_request_headers"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RetryPolicy.RetryBackOff" => {
+        supported: ["base_interval", "max_interval"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RetryPolicy.RetryHostPredicate" => {
+        supported: ["name", "typed_config"],
+        ignored: [],
+    },
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate" => {
+        supported: [],
+        ignored: [],
     },
     "envoy.config.route.v3.RouteAction.UpgradeConfig" => { supported: ["upgrade_type", "enabled"], ignored: [] },
     "envoy.config.route.v3.WeightedCluster" => {
@@ -275,13 +308,14 @@ pub static RULES: &[Rule] = rules! {
             "dns_lookup_family", "dns_refresh_rate", "typed_extension_protocol_options",
             "http2_protocol_options", "upstream_bind_config", "original_dst_lb_config",
             "alt_stat_name", "protocol_selection", "least_request_lb_config", "http_protocol_options",
-            "eds_cluster_config"],
+            "eds_cluster_config", "circuit_breakers", "common_http_protocol_options",
+            "max_requests_per_connection"],
         ignored: ["respect_dns_ttl", "per_connection_buffer_limit_bytes", "cleanup_interval",
             "metadata", "upstream_connection_options", "close_connections_on_host_health_failure",
             "ignore_health_on_host_removal", "dns_resolvers", "use_tcp_for_dns_lookups",
             "typed_dns_resolver_config", "track_cluster_stats", "wait_for_warm_on_init",
-            "round_robin_lb_config", "common_http_protocol_options",
-            "dns_failure_refresh_rate", "dns_jitter", "track_timeout_budgets", "max_requests_per_connection"],
+            "round_robin_lb_config",
+            "dns_failure_refresh_rate", "dns_jitter", "track_timeout_budgets"],
     },
     "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig" => {
         supported: ["use_http_header", "http_header_name"],
@@ -292,8 +326,27 @@ pub static RULES: &[Rule] = rules! {
         ignored: [],
     },
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
-        supported: ["explicit_http_config", "use_downstream_protocol_config"],
-        ignored: ["common_http_protocol_options", "upstream_http_protocol_options"],
+        supported: ["explicit_http_config", "use_downstream_protocol_config",
+            "common_http_protocol_options"],
+        ignored: ["upstream_http_protocol_options"],
+    },
+    "envoy.config.core.v3.HttpProtocolOptions" => {
+        supported: ["idle_timeout", "max_requests_per_connection"],
+        // Header count/size limits: hyper enforces its own (Envoy's defaults are similar).
+        ignored: ["max_headers_count", "max_response_headers_kb"],
+    },
+    "envoy.config.cluster.v3.CircuitBreakers" => {
+        supported: ["thresholds"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds" => {
+        supported: ["priority", "max_connections", "max_pending_requests", "max_requests",
+            "max_retries", "retry_budget", "track_remaining"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds.RetryBudget" => {
+        supported: ["budget_percent", "min_retry_concurrency"],
+        ignored: [],
     },
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions.ExplicitHttpConfig" => {
         supported: ["http_protocol_options", "http2_protocol_options"],

@@ -20,6 +20,9 @@ use crate::upstream::{
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
+/// Envoy's default idle timeout for upstream HTTP connections.
+const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Compiles a cluster. DNS clusters start empty; `upstream::dns::resolve` fills them.
 pub(crate) fn build(
     c: &XdsCluster,
@@ -95,7 +98,33 @@ pub(crate) fn build(
             ));
         }
     }
-    let (protocol, header_case) = protocol(c, path)?;
+    let (protocol, header_case, common) = protocol(c, path)?;
+    let breaker_cfg = match &c.circuit_breakers {
+        Some(cb) => crate::policy::breaker::BreakerConfig::from_proto(
+            cb,
+            &format!("{path}.circuit_breakers"),
+        )?,
+        None => crate::policy::breaker::BreakerConfig::default(),
+    };
+    // `common_http_protocol_options` on the cluster (deprecated) or in the typed protocol
+    // options; the typed one wins, as in Envoy.
+    let common = common.or(c.common_http_protocol_options);
+    let idle_timeout = match common.as_ref().and_then(|o| o.idle_timeout.as_ref()) {
+        Some(d) => {
+            let d = duration(
+                d,
+                &format!("{path}.common_http_protocol_options.idle_timeout"),
+            )?;
+            (!d.is_zero()).then_some(d)
+        }
+        None => Some(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
+    };
+    let max_requests_per_connection = common
+        .as_ref()
+        .and_then(|o| o.max_requests_per_connection.as_ref())
+        .or(c.max_requests_per_connection.as_ref())
+        .map(|v| v.value)
+        .filter(|v| *v > 0);
     let bind = match &c.upstream_bind_config {
         Some(b) => {
             match &b.source_address {
@@ -243,6 +272,7 @@ pub(crate) fn build(
         Arc::from(c.alt_stat_name.as_str())
     };
     let cstats = ClusterStats::new(stats, &stat_name);
+    let prefix = format!("cluster.{stat_name}.");
     let cluster = Cluster {
         name: Arc::from(c.name.as_str()),
         stat_name,
@@ -256,21 +286,37 @@ pub(crate) fn build(
         bind,
         orig_dst_hosts: DashMap::new(),
         stats: cstats,
+        breakers: crate::policy::breaker::CircuitBreakers::new(&breaker_cfg, stats, &prefix),
+        retry_stats: crate::policy::retry::RetryStats::new(stats, &prefix),
+        retry_codes: crate::upstream::CodeStats::new(stats, &format!("{prefix}retry.")),
+        idle_timeout,
+        max_requests_per_connection,
     };
     cluster.set_hosts(static_hosts);
     Ok(cluster)
 }
 
+/// The upstream protocol, HTTP/1 header case and the typed options'
+/// `common_http_protocol_options`, if any.
+#[allow(clippy::type_complexity)]
 fn protocol(
     c: &XdsCluster,
     path: &str,
-) -> Result<(UpstreamProtocol, super::HeaderCase), ConfigError> {
+) -> Result<
+    (
+        UpstreamProtocol,
+        super::HeaderCase,
+        Option<envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions>,
+    ),
+    ConfigError,
+> {
     use http_protocol_options::explicit_http_config::ProtocolConfig;
     use http_protocol_options::UpstreamProtocolOptions as U;
     let mut case = super::header_case(
         c.http_protocol_options.as_ref(),
         &format!("{path}.http_protocol_options"),
     )?;
+    let mut common = None;
     let mut proto = if c.http2_protocol_options.is_some() {
         UpstreamProtocol::Http2
     } else {
@@ -285,6 +331,9 @@ fn protocol(
             ));
         }
         let opts: HttpProtocolOptions = unpack(any, HTTP_PROTOCOL_OPTIONS, &opath)?;
+        if opts.common_http_protocol_options.is_some() {
+            common = opts.common_http_protocol_options;
+        }
         proto = match opts.upstream_protocol_options {
             Some(U::ExplicitHttpConfig(e)) => match e.protocol_config {
                 Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
@@ -327,7 +376,7 @@ fn protocol(
     if c.protocol_selection == cluster::ClusterProtocolSelection::UseDownstreamProtocol as i32 {
         proto = UpstreamProtocol::UseDownstream;
     }
-    Ok((proto, case))
+    Ok((proto, case, common))
 }
 
 /// Hosts of a `ClusterLoadAssignment` (static `load_assignment` or EDS).

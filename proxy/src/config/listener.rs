@@ -34,6 +34,9 @@ use crate::listener::{
 use crate::stats::Stats;
 use crate::tcp_proxy::{TcpProxy, TcpStats, DEFAULT_IDLE_TIMEOUT};
 
+/// Envoy's default `stream_idle_timeout`.
+const DEFAULT_STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 const HCM: &str =
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const TCP_PROXY: &str = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy";
@@ -476,6 +479,29 @@ fn hcm(
             .as_ref()
             .is_some_and(|o| o.accept_http_10),
         suppress_envoy_headers: router.suppress_envoy_headers,
+        dynamic_stats: router.dynamic_stats.as_ref().is_none_or(|b| b.value),
+        stream_idle_timeout: match &c.stream_idle_timeout {
+            Some(d) => {
+                let d = duration(d, &format!("{path}.stream_idle_timeout"))?;
+                (!d.is_zero()).then_some(d)
+            }
+            None => Some(DEFAULT_STREAM_IDLE_TIMEOUT),
+        },
+        internal_cidrs: match &c.internal_address_config {
+            Some(i) => {
+                if i.unix_sockets {
+                    return Err(ConfigError::new(
+                        format!("{path}.internal_address_config.unix_sockets"),
+                        "not supported",
+                    ));
+                }
+                cidrs(
+                    &i.cidr_ranges,
+                    &format!("{path}.internal_address_config.cidr_ranges"),
+                )?
+            }
+            None => Vec::new(),
+        },
         stats: HttpStats::new(stats, &c.stat_prefix),
     })
 }

@@ -14,6 +14,8 @@ use http::StatusCode;
 use regex::Regex;
 
 use super::{duration, ConfigError};
+use crate::policy::retry::{RetryPolicy, RouteTimeouts};
+use crate::policy::Fraction;
 use crate::route::*;
 
 /// Envoy's default route timeout.
@@ -81,14 +83,21 @@ pub(crate) fn build(rc: &pb::RouteConfiguration, path: &str) -> Result<RouteTabl
 }
 
 fn virtual_host(vh: &pb::VirtualHost, path: &str) -> Result<VirtualHost, ConfigError> {
+    // A route's own retry_policy replaces the virtual host's (Envoy does not merge them).
+    let vh_retry = match &vh.retry_policy {
+        Some(p) => Arc::new(RetryPolicy::from_proto(p, &format!("{path}.retry_policy"))?),
+        None => Arc::new(RetryPolicy::default()),
+    };
     let routes = vh
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| route(r, &format!("{path}.routes[{i}]")))
+        .map(|(i, r)| route(r, &format!("{path}.routes[{i}]"), &vh_retry))
         .collect::<Result<_, _>>()?;
     Ok(VirtualHost {
         name: Arc::from(vh.name.as_str()),
+        attempt_count_in_request: vh.include_request_attempt_count,
+        attempt_count_in_response: vh.include_attempt_count_in_response,
         routes,
         request_headers: mutations(
             &vh.request_headers_to_add,
@@ -103,7 +112,7 @@ fn virtual_host(vh: &pb::VirtualHost, path: &str) -> Result<VirtualHost, ConfigE
     })
 }
 
-fn route(r: &pb::Route, path: &str) -> Result<Route, ConfigError> {
+fn route(r: &pb::Route, path: &str, vh_retry: &Arc<RetryPolicy>) -> Result<Route, ConfigError> {
     let m = r
         .r#match
         .as_ref()
@@ -111,7 +120,7 @@ fn route(r: &pb::Route, path: &str) -> Result<Route, ConfigError> {
     let matcher = route_match(m, &format!("{path}.match"))?;
     let action = match &r.action {
         Some(pb::route::Action::Route(ra)) => {
-            Action::Forward(Box::new(forward(ra, &format!("{path}.route"))?))
+            Action::Forward(Box::new(forward(ra, &format!("{path}.route"), vh_retry)?))
         }
         Some(pb::route::Action::Redirect(ra)) => {
             Action::Redirect(Box::new(redirect(ra, &format!("{path}.redirect"))?))
@@ -207,12 +216,24 @@ fn route_match(m: &pb::RouteMatch, path: &str) -> Result<RouteMatcher, ConfigErr
             })
         })
         .collect::<Result<_, ConfigError>>()?;
+    let fraction = match &m.runtime_fraction {
+        // The runtime key is ignored (Petrel has no runtime layer): the default value decides,
+        // as it does in Envoy when the key is not set.
+        Some(rf) => Some(match &rf.default_value {
+            Some(fp) => {
+                Fraction::from_proto(fp, &format!("{path}.runtime_fraction.default_value"))?
+            }
+            None => Fraction::ZERO,
+        }),
+        None => None,
+    };
     Ok(RouteMatcher {
         path: pm,
         case_sensitive,
         headers,
         query,
         grpc: m.grpc.is_some(),
+        fraction,
     })
 }
 
@@ -277,7 +298,11 @@ pub(crate) fn regex(re: &RegexMatcher, path: &str) -> Result<Regex, ConfigError>
         .map_err(|e| ConfigError::new(format!("{path}.regex"), format!("invalid regex: {e}")))
 }
 
-fn forward(ra: &pb::RouteAction, path: &str) -> Result<ForwardAction, ConfigError> {
+fn forward(
+    ra: &pb::RouteAction,
+    path: &str,
+    vh_retry: &Arc<RetryPolicy>,
+) -> Result<ForwardAction, ConfigError> {
     use pb::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
     let target = match &ra.cluster_specifier {
         Some(C::Cluster(name)) if !name.is_empty() => {
@@ -362,6 +387,55 @@ fn forward(ra: &pb::RouteAction, path: &str) -> Result<ForwardAction, ConfigErro
         .filter(|u| u.enabled.as_ref().is_none_or(|b| b.value))
         .map(|u| u.upgrade_type.to_ascii_lowercase())
         .collect();
+    let retry = match &ra.retry_policy {
+        Some(p) => Arc::new(RetryPolicy::from_proto(p, &format!("{path}.retry_policy"))?),
+        None => vh_retry.clone(),
+    };
+    let opt_duration = |d: &Option<envoy_types::pb::google::protobuf::Duration>, field: &str| {
+        d.as_ref()
+            .map(|d| duration(d, &format!("{path}.{field}")))
+            .transpose()
+    };
+    let timeouts = RouteTimeouts {
+        timeout: timeout.unwrap_or(std::time::Duration::ZERO),
+        max_grpc_timeout: opt_duration(&ra.max_grpc_timeout, "max_grpc_timeout")?,
+        grpc_timeout_offset: opt_duration(&ra.grpc_timeout_offset, "grpc_timeout_offset")?,
+        per_try_timeout: retry.per_try_timeout,
+    };
+    let idle_timeout = opt_duration(&ra.idle_timeout, "idle_timeout")?.filter(|d| !d.is_zero());
+    let max_stream_duration = match &ra.max_stream_duration {
+        Some(m) => {
+            let mpath = format!("{path}.max_stream_duration");
+            if m.grpc_timeout_header_max.is_some() || m.grpc_timeout_header_offset.is_some() {
+                return Err(ConfigError::new(
+                    format!("{mpath}.grpc_timeout_header_max"),
+                    "not supported (use max_grpc_timeout)",
+                ));
+            }
+            m.max_stream_duration
+                .as_ref()
+                .map(|d| duration(d, &format!("{mpath}.max_stream_duration")))
+                .transpose()?
+                .filter(|d| !d.is_zero())
+        }
+        None => None,
+    };
+    let priority =
+        match envoy_types::pb::envoy::config::core::v3::RoutingPriority::try_from(ra.priority) {
+            Ok(p) => crate::policy::breaker::Priority::from(p),
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("{path}.priority"),
+                    format!("unknown value {}", ra.priority),
+                ))
+            }
+        };
+    let mirrors = ra
+        .request_mirror_policies
+        .iter()
+        .enumerate()
+        .map(|(i, m)| mirror(m, &format!("{path}.request_mirror_policies[{i}]")))
+        .collect::<Result<_, _>>()?;
     Ok(ForwardAction {
         target,
         timeout,
@@ -370,6 +444,51 @@ fn forward(ra: &pb::RouteAction, path: &str) -> Result<ForwardAction, ConfigErro
         host_rewrite,
         upgrades,
         cluster_not_found,
+        retry,
+        timeouts,
+        idle_timeout,
+        max_stream_duration,
+        priority,
+        mirrors,
+    })
+}
+
+fn mirror(
+    m: &pb::route_action::RequestMirrorPolicy,
+    path: &str,
+) -> Result<MirrorPolicy, ConfigError> {
+    let target = match (m.cluster.is_empty(), m.cluster_header.is_empty()) {
+        (false, true) => MirrorTarget::Named(Arc::from(m.cluster.as_str())),
+        (true, false) => MirrorTarget::Header(header_name(
+            &m.cluster_header,
+            &format!("{path}.cluster_header"),
+        )?),
+        (false, false) => {
+            return Err(ConfigError::new(
+                path,
+                "only one of cluster and cluster_header may be set",
+            ))
+        }
+        (true, true) => {
+            return Err(ConfigError::new(
+                format!("{path}.cluster"),
+                "one of cluster and cluster_header is required",
+            ))
+        }
+    };
+    let fraction = match m
+        .runtime_fraction
+        .as_ref()
+        .and_then(|r| r.default_value.as_ref())
+    {
+        Some(fp) => Fraction::from_proto(fp, &format!("{path}.runtime_fraction.default_value"))?,
+        None if m.runtime_fraction.is_some() => Fraction::ZERO,
+        None => Fraction::ALL,
+    };
+    Ok(MirrorPolicy {
+        target,
+        fraction,
+        keep_host: m.disable_shadow_host_suffix_append,
     })
 }
 

@@ -3,7 +3,10 @@
 pub mod access_log;
 mod date;
 pub mod flags;
+mod forward;
+mod rewrite;
 mod router;
+mod timers;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +73,14 @@ pub struct HttpConnMgr {
     pub accept_http_10: bool,
     /// Router's `suppress_envoy_headers`.
     pub suppress_envoy_headers: bool,
+    /// Router's `dynamic_stats` (default true): per-response-code cluster stats.
+    pub dynamic_stats: bool,
+    /// `stream_idle_timeout` (Envoy's default 5 min; `None` disables it).
+    pub stream_idle_timeout: Option<std::time::Duration>,
+    /// `internal_address_config.cidr_ranges`: downstream addresses whose requests are
+    /// internal (their `x-envoy-*` control headers are honoured). Empty by default, as in
+    /// Envoy 1.40: no request is internal unless configured.
+    pub internal_cidrs: Vec<crate::listener::Cidr>,
     /// Stats.
     pub stats: HttpStats,
 }
@@ -89,6 +100,7 @@ pub struct HttpStats {
     pub downstream_rq_http2_total: Counter,
     pub downstream_rq_completed: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
+    pub downstream_rq_idle_timeout: Counter,
     pub downstream_rq_class: [Counter; 5],
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -115,6 +127,7 @@ impl HttpStats {
             downstream_rq_http2_total: c("downstream_rq_http2_total"),
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
+            downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
             downstream_rq_class: [
                 c("downstream_rq_1xx"),
                 c("downstream_rq_2xx"),

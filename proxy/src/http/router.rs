@@ -4,34 +4,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use rand::Rng;
 
 use super::access_log::{LogEntry, LogHook};
 use super::flags::{local_reply, Flags};
 use super::ConnCtx;
-use crate::route::{
-    Action, ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, RequestView, Route,
-    VirtualHost,
-};
+use crate::route::{Action, ClusterTarget, Redirect, RedirectPath, RequestView, Route};
 use crate::stats::GaugeGuard;
 use crate::upstream::body::ProxyBody;
-use crate::upstream::pool::{ConnectError, Sender};
-use crate::upstream::{Cluster, Discovery, Host, UpstreamProtocol};
 
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_ENVOY_EXPECTED_TIMEOUT: HeaderName =
-    HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
-static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
-    HeaderName::from_static("x-envoy-upstream-service-time");
-static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-external-address");
-static X_ENVOY_ORIGINAL_HOST: HeaderName = HeaderName::from_static("x-envoy-original-host");
-static X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_ENVOY_INTERNAL: HeaderName = HeaderName::from_static("x-envoy-internal");
 
 /// Handles one downstream request. Never fails: every error becomes a local reply.
 pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<ProxyBody> {
@@ -55,7 +41,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<P
     let mut log = (!hcm.access_logs.is_empty()).then(|| LogEntry::from_request(&req, &ctx.conn));
 
     let mut flags = Flags::default();
-    let outcome = route_and_forward(&ctx, req, &mut flags, start, &mut log).await;
+    let outcome = route_and_forward(&ctx, req, &mut flags, &mut log).await;
     let (mut resp, upstream) = match outcome {
         Ok(r) => r,
         Err(reply) => (reply, None),
@@ -104,17 +90,17 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<P
     Response::from_parts(parts, body.with_on_complete(Box::new(hook)))
 }
 
-type Upstream = (Arc<Cluster>, Arc<Host>);
+use super::forward::Upstream;
 
 async fn route_and_forward(
     ctx: &ConnCtx,
     mut req: Request<Incoming>,
     flags: &mut Flags,
-    start: Instant,
     log: &mut Option<LogEntry>,
 ) -> Result<(Response<ProxyBody>, Option<Upstream>), Response<ProxyBody>> {
     let hcm = &ctx.hcm;
     let stats = &hcm.stats;
+    let internal = sanitize(ctx, req.headers_mut());
     let grpc = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -154,6 +140,7 @@ async fn route_and_forward(
         method: req.method().as_str(),
         scheme: "http",
         headers: req.headers(),
+        random: rand::rng().random(),
     };
     let Some((vhost, route)) = routes.select(&view) else {
         stats.no_route.inc();
@@ -175,13 +162,13 @@ async fn route_and_forward(
                 resp.headers_mut()
                     .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             }
-            apply_response_headers(resp.headers_mut(), route, vhost, &routes, None);
+            super::rewrite::apply_response_headers(resp.headers_mut(), route, vhost, &routes, None);
             return Ok((resp, None));
         }
         Action::Redirect(r) => {
             stats.rq_redirect.inc();
             let mut resp = redirect(r, &view, route);
-            apply_response_headers(resp.headers_mut(), route, vhost, &routes, None);
+            super::rewrite::apply_response_headers(resp.headers_mut(), route, vhost, &routes, None);
             return Ok((resp, None));
         }
         Action::Forward(f) => f,
@@ -232,207 +219,76 @@ async fn route_and_forward(
         }
     }
 
-    // Pick the host.
-    let host_pick = match &cluster.discovery {
-        Discovery::OriginalDst { header } => {
-            let from_header = header
-                .as_ref()
-                .and_then(|h| req.headers().get(h))
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            from_header
-                .or(ctx.conn.orig_dst)
-                .map(|d| cluster.orig_dst_host(d))
-        }
-        _ => cluster.pick(),
-    };
-    let Some(upstream_host) = host_pick else {
-        if let Some(l) = log.as_mut() {
-            l.set_upstream(cluster.name.clone(), String::new());
-        }
-        cluster.stats.upstream_cx_none_healthy.inc();
-        flags.insert(Flags::NO_HEALTHY_UPSTREAM);
-        cluster.stats.charge_code(503);
-        return Err(local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no healthy upstream",
-            grpc,
-        ));
-    };
-
-    // The access log names the chosen upstream even when the exchange then fails (UF/UT/UC).
-    if let Some(l) = log.as_mut() {
-        l.set_upstream(cluster.name.clone(), upstream_host.addr.to_string());
-    }
-
-    // Rewrite the request.
-    let upstream_h2 = match cluster.protocol {
-        UpstreamProtocol::Http1 => false,
-        UpstreamProtocol::Http2 => true,
-        UpstreamProtocol::UseDownstream => req.version() == Version::HTTP_2,
-    };
-    let upgrade_conn = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-    prepare_request(
+    super::forward::forward(
         ctx,
-        &mut req,
-        fwd,
-        route,
-        vhost,
-        &routes,
-        weighted,
-        &upstream_host,
-        &host,
-        &path,
-        upstream_h2,
-        upgrade.is_some(),
-    );
-
-    let deadline = fwd
-        .timeout
-        .map(|t| tokio::time::Instant::from_std(start) + t);
-    // Envoy counts a pending request, and counts upstream_rq_total only once a stream is
-    // attached to a connection (a failed connect leaves it at zero).
-    cluster.stats.upstream_rq_pending_total.inc();
-    let _rq_active = GaugeGuard::new(&cluster.stats.upstream_rq_active);
-    upstream_host
-        .active_rq
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let _host_active = HostActive(upstream_host.clone());
-
-    let exchange = async {
-        let sender = upstream_host
-            .pool
-            .checkout(&upstream_host, &cluster, upstream_h2)
-            .await;
-        let sender = sender.map_err(Failure::Connect)?;
-        cluster.stats.upstream_rq_total.inc();
-        upstream_host
-            .stats
-            .rq_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sent_at = Instant::now();
-        match sender {
-            Sender::H1(mut s) => {
-                let resp = s.send_request(req).await.map_err(Failure::Reset)?;
-                Ok((resp, Some(s), sent_at))
-            }
-            Sender::H2(mut s) => {
-                let resp = s.send_request(req).await.map_err(Failure::Reset)?;
-                Ok((resp, None, sent_at))
-            }
-        }
-    };
-    let result = match deadline {
-        Some(d) => match tokio::time::timeout_at(d, exchange).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::Timeout),
+        super::forward::Target {
+            fwd,
+            route,
+            vhost,
+            table: &routes,
+            weighted,
+            cluster,
+            host: &host,
+            path: &path,
+            grpc,
+            upgrade: upgrade.is_some(),
+            internal,
         },
-        None => exchange.await,
-    };
-    let (resp, h1_sender, sent_at) = match result {
-        Ok(r) => r,
-        Err(failure) => {
-            let (status, body, flag) = match &failure {
-                Failure::Connect(ConnectError::Timeout) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection timeout",
-                    Flags::UPSTREAM_CONNECTION_FAILURE,
-                ),
-                Failure::Connect(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure",
-                    Flags::UPSTREAM_CONNECTION_FAILURE,
-                ),
-                Failure::Reset(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                    Flags::UPSTREAM_CONNECTION_TERMINATION,
-                ),
-                Failure::Timeout => {
-                    cluster.stats.upstream_rq_timeout.inc();
-                    upstream_host.stats.rq_timeout.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", Flags::UPSTREAM_REQUEST_TIMEOUT)
-                }
-            };
-            if matches!(failure, Failure::Reset(_)) {
-                cluster.stats.upstream_rq_rx_reset.inc();
-            }
-            if matches!(failure, Failure::Connect(_)) {
-                cluster.stats.upstream_rq_pending_failure_eject.inc();
-            }
-            tracing::debug!(cluster = %cluster.name, host = %upstream_host.addr, "upstream failure: {failure:?}");
-            flags.insert(flag);
-            cluster.stats.charge_code(status.as_u16());
-            return Err(local_reply(status, body, grpc));
-        }
-    };
+        req,
+        flags,
+        log,
+    )
+    .await
+}
 
-    cluster.stats.charge_code(resp.status().as_u16());
-    let hs = &upstream_host.stats;
-    if resp.status().is_server_error() {
-        hs.rq_error
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+/// Headers only internal requests may set (Envoy's `cleanInternalHeaders`).
+const INTERNAL_ONLY: [&str; 10] = [
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+];
+
+/// Envoy's internal-request rule (`mutateRequestHeaders`): a request is internal when, after
+/// `x-forwarded-for` handling, XFF holds exactly one address and it is in
+/// `internal_address_config` (empty by default, so nothing is internal). Internal requests
+/// get `x-envoy-internal: true`; the others lose the `x-envoy-*` headers that steer retries
+/// and timeouts, so clients cannot override the route's policy.
+fn sanitize(ctx: &ConnCtx, headers: &mut HeaderMap) -> bool {
+    let hcm = &ctx.hcm;
+    let xff: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (addr, single) = if hcm.use_remote_address {
+        // The connection's peer is appended to XFF: single when there was none before.
+        (Some(ctx.conn.remote.ip()), xff.is_empty())
     } else {
-        hs.rq_success
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    // A successful upgrade: splice the two upgraded connections together.
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(down) = upgrade_conn {
-            let mut up_resp = resp;
-            let up = hyper::upgrade::on(&mut up_resp);
-            tokio::spawn(async move {
-                if let (Ok(d), Ok(u)) = (down.await, up.await) {
-                    let mut d = hyper_util::rt::TokioIo::new(d);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
-                }
-            });
-            let (mut parts, _) = up_resp.into_parts();
-            apply_response_headers(&mut parts.headers, route, vhost, &routes, weighted);
-            return Ok((
-                Response::from_parts(parts, ProxyBody::empty()),
-                Some((cluster, upstream_host)),
-            ));
+        (
+            xff.last().and_then(|a| a.parse::<std::net::IpAddr>().ok()),
+            xff.len() == 1,
+        )
+    };
+    let internal =
+        single && addr.is_some_and(|ip| hcm.internal_cidrs.iter().any(|c| c.contains(ip)));
+    if internal {
+        headers.insert(&X_ENVOY_INTERNAL, HeaderValue::from_static("true"));
+    } else {
+        for h in INTERNAL_ONLY {
+            headers.remove(h);
         }
     }
-
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    if !hcm.suppress_envoy_headers {
-        let ms = sent_at.elapsed().as_millis() as u64;
-        parts
-            .headers
-            .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
-    }
-    apply_response_headers(&mut parts.headers, route, vhost, &routes, weighted);
-    let mut body = ProxyBody::upstream(body).with_deadline(deadline);
-    if let Some(s) = h1_sender {
-        body = body.with_pool_return(upstream_host.clone(), s);
-    }
-    Ok((
-        Response::from_parts(parts, body),
-        Some((cluster, upstream_host)),
-    ))
-}
-
-#[derive(Debug)]
-enum Failure {
-    Connect(ConnectError),
-    Reset(#[allow(dead_code)] hyper::Error),
-    Timeout,
-}
-
-/// Decrements a host's active request count when the exchange ends.
-struct HostActive(Arc<Host>);
-
-impl Drop for HostActive {
-    fn drop(&mut self) {
-        self.0
-            .active_rq
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    internal
 }
 
 /// The request's host, lower-cased: `:authority` (HTTP/2, absolute-form) or `Host`.
@@ -445,185 +301,6 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         return None;
     }
     Some(raw.to_ascii_lowercase())
-}
-
-fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    if !keep_upgrade {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
-    h.remove(&KEEP_ALIVE);
-    // hyper answers `Expect: 100-continue` downstream itself; like Envoy, the upstream does
-    // not see the expectation.
-    h.remove(header::EXPECT);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::TRANSFER_ENCODING);
-    if h.get(header::TE).is_some_and(|v| v != "trailers") {
-        h.remove(header::TE);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn prepare_request(
-    ctx: &ConnCtx,
-    req: &mut Request<Incoming>,
-    fwd: &ForwardAction,
-    route: &Route,
-    vhost: &VirtualHost,
-    table: &crate::route::RouteTable,
-    weighted: Option<&crate::route::WeightedCluster>,
-    upstream: &Host,
-    host: &str,
-    path: &str,
-    upstream_h2: bool,
-    upgrading: bool,
-) {
-    let hcm = &ctx.hcm;
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers, upgrading && !upstream_h2);
-    if upgrading && !upstream_h2 {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    if !headers.contains_key(&X_FORWARDED_PROTO) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    }
-    if hcm.use_remote_address {
-        let ip = ctx.conn.remote.ip().to_string();
-        let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prev) if !prev.is_empty() => format!("{prev},{ip}"),
-            _ => ip.clone(),
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert(&X_FORWARDED_FOR, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&ip) {
-            headers.insert(&X_ENVOY_EXTERNAL_ADDRESS, v);
-        }
-    }
-    if !hcm.suppress_envoy_headers {
-        if let Some(t) = fwd.timeout {
-            headers.insert(
-                &X_ENVOY_EXPECTED_TIMEOUT,
-                HeaderValue::from(t.as_millis() as u64),
-            );
-        }
-    }
-    // Header mutations: most specific level first, so the more general levels are applied
-    // last (Envoy's default, most_specific_header_mutations_wins: false).
-    if let Some(w) = weighted {
-        w.request_headers.apply(headers);
-    }
-    route.request_headers.apply(headers);
-    vhost.request_headers.apply(headers);
-    table.request_headers.apply(headers);
-
-    // Host rewrite.
-    let mut new_host: Option<HeaderValue> = match &fwd.host_rewrite {
-        HostRewrite::None => None,
-        HostRewrite::Literal(v) => Some(v.clone()),
-        HostRewrite::Auto => HeaderValue::from_str(&upstream.hostname).ok(),
-        HostRewrite::Header(h) => headers.get(h).cloned(),
-    };
-    if let Some(w) = weighted.and_then(|w| w.host_rewrite.clone()) {
-        new_host = Some(w);
-    }
-
-    // Path rewrite.
-    let mut new_path: Option<String> = None;
-    if let Some(prefix) = &fwd.prefix_rewrite {
-        if let crate::route::PathMatch::Prefix(p) | crate::route::PathMatch::SeparatedPrefix(p) =
-            &route.matcher.path
-        {
-            let rest = path.get(p.len()..).unwrap_or("");
-            new_path = Some(format!("{prefix}{rest}"));
-        }
-    } else if let Some((re, sub)) = &fwd.regex_rewrite {
-        let (p, q) = path
-            .split_once('?')
-            .map_or((path, None), |(p, q)| (p, Some(q)));
-        let rewritten = re.replace_all(p, sub.as_str());
-        new_path = Some(match q {
-            Some(q) => format!("{rewritten}?{q}"),
-            None => rewritten.into_owned(),
-        });
-    }
-    if new_path.is_some() {
-        if let Ok(v) = HeaderValue::from_str(path) {
-            headers.insert(&X_ENVOY_ORIGINAL_PATH, v);
-        }
-    }
-
-    if new_host.is_some() && !hcm.suppress_envoy_headers {
-        let original = original_authority(req, host);
-        if let Ok(v) = HeaderValue::from_str(&original) {
-            req.headers_mut().insert(&X_ENVOY_ORIGINAL_HOST, v);
-        }
-    }
-    let authority = new_host
-        .as_ref()
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| original_authority(req, host));
-    let path_and_query = new_path.as_deref().unwrap_or(path);
-    if upstream_h2 {
-        req.headers_mut().remove(header::HOST);
-        let uri = format!("http://{authority}{path_and_query}");
-        if let Ok(u) = uri.parse::<Uri>() {
-            *req.uri_mut() = u;
-        }
-        *req.version_mut() = Version::HTTP_2;
-    } else {
-        if let Ok(v) = HeaderValue::from_str(&authority) {
-            // Keep the original Host header's bytes when unchanged.
-            if new_host.is_some() || !req.headers().contains_key(header::HOST) {
-                req.headers_mut().insert(header::HOST, v);
-            }
-        }
-        if let Ok(u) = path_and_query.parse::<Uri>() {
-            *req.uri_mut() = u;
-        }
-        *req.version_mut() = Version::HTTP_11;
-    }
-}
-
-/// The authority as the client sent it (case preserved), for forwarding.
-fn original_authority(req: &Request<Incoming>, lowered: &str) -> String {
-    match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or(lowered)
-            .to_string(),
-    }
-}
-
-fn apply_response_headers(
-    h: &mut HeaderMap,
-    route: &Route,
-    vhost: &VirtualHost,
-    table: &crate::route::RouteTable,
-    weighted: Option<&crate::route::WeightedCluster>,
-) {
-    if let Some(w) = weighted {
-        w.response_headers.apply(h);
-    }
-    route.response_headers.apply(h);
-    vhost.response_headers.apply(h);
-    table.response_headers.apply(h);
 }
 
 /// A random UUID v4, as Envoy's request id.

@@ -402,6 +402,14 @@ impl PriorityBreakers {
         Permit(self.cx.clone())
     }
 
+    /// Takes a connection slot past the limit without counting an overflow: for the caller
+    /// that already counted it (a failed [`Self::try_acquire_cx`]) and must still connect.
+    pub fn acquire_cx_uncounted(&self) -> Permit {
+        let n = self.cx.current.fetch_add(1, Ordering::AcqRel) + 1;
+        self.cx.publish(n);
+        Permit(self.cx.clone())
+    }
+
     /// Takes a pending-request slot; `Overflow` (and `upstream_rq_pending_overflow`) at
     /// `max_pending_requests`.
     pub fn try_acquire_pending(&self) -> Result<Permit, Overflow> {

@@ -146,6 +146,8 @@ pub struct RetryStats {
     pub retry_backoff_ratelimited: crate::stats::Counter,
     /// `upstream_rq_per_try_timeout`.
     pub per_try_timeout: crate::stats::Counter,
+    /// `upstream_rq_per_try_idle_timeout`.
+    pub per_try_idle_timeout: crate::stats::Counter,
 }
 
 /// The timeouts of one request.
@@ -418,6 +420,7 @@ impl RetryStats {
             retry_backoff_exponential: c("upstream_rq_retry_backoff_exponential"),
             retry_backoff_ratelimited: c("upstream_rq_retry_backoff_ratelimited"),
             per_try_timeout: c("upstream_rq_per_try_timeout"),
+            per_try_idle_timeout: c("upstream_rq_per_try_idle_timeout"),
         }
     }
 }

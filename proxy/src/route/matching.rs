@@ -16,6 +16,8 @@ pub struct RequestView<'a> {
     pub scheme: &'a str,
     /// Request headers.
     pub headers: &'a HeaderMap,
+    /// The request's random value, for `runtime_fraction` matches.
+    pub random: u64,
 }
 
 impl RequestView<'_> {
@@ -36,6 +38,7 @@ impl RouteMatcher {
     /// Whether the request matches every condition.
     pub fn matches(&self, req: &RequestView<'_>) -> bool {
         self.path_matches(req)
+            && self.fraction.is_none_or(|f| f.hit(req.random))
             && (!self.grpc || is_grpc(req.headers))
             && self.headers.iter().all(|h| h.matches(req))
             && self.query.iter().all(|q| q.matches(req.query()))

@@ -137,6 +137,10 @@ pub struct RouteTable {
 pub struct VirtualHost {
     /// Name (for stats).
     pub name: Arc<str>,
+    /// `include_request_attempt_count`: send `x-envoy-attempt-count` upstream.
+    pub attempt_count_in_request: bool,
+    /// `include_attempt_count_in_response`: send `x-envoy-attempt-count` downstream.
+    pub attempt_count_in_response: bool,
     /// Routes, first match wins.
     pub routes: Vec<Route>,
     /// Request header changes.
@@ -173,6 +177,9 @@ pub struct RouteMatcher {
     pub query: Vec<QueryMatcher>,
     /// Only gRPC requests (content-type application/grpc*).
     pub grpc: bool,
+    /// `runtime_fraction`: the route matches only this share of requests (by the request's
+    /// random value, so one request sees one decision for every route).
+    pub fraction: Option<crate::policy::Fraction>,
 }
 
 /// The path condition of a route.
@@ -267,6 +274,40 @@ pub struct ForwardAction {
     pub upgrades: Vec<String>,
     /// Status when the named cluster does not exist.
     pub cluster_not_found: StatusCode,
+    /// `retry_policy` of the route, else of its virtual host, else the empty policy (only
+    /// `x-envoy-retry-on` request headers can then ask for retries).
+    pub retry: Arc<crate::policy::retry::RetryPolicy>,
+    /// Inputs of the request's timeouts (route timeout, gRPC timeout caps, per-try timeout).
+    pub timeouts: crate::policy::retry::RouteTimeouts,
+    /// `idle_timeout`: the stream goes idle (nothing sent or received) for this long → 504.
+    pub idle_timeout: Option<Duration>,
+    /// `max_stream_duration.max_stream_duration`: the upstream stream is reset after this.
+    pub max_stream_duration: Option<Duration>,
+    /// `priority`: which circuit breakers the request counts against.
+    pub priority: crate::policy::breaker::Priority,
+    /// `request_mirror_policies`.
+    pub mirrors: Vec<MirrorPolicy>,
+}
+
+/// One `request_mirror_policies` entry: a copy of the request sent to another cluster,
+/// fire and forget.
+#[derive(Debug)]
+pub struct MirrorPolicy {
+    /// The cluster (a fixed name or a request header's value).
+    pub target: MirrorTarget,
+    /// Share of requests mirrored (`runtime_fraction.default_value`, 100% when unset).
+    pub fraction: crate::policy::Fraction,
+    /// `disable_shadow_host_suffix_append`: keep the host as is (else `-shadow` is appended).
+    pub keep_host: bool,
+}
+
+/// Where a mirror goes.
+#[derive(Debug)]
+pub enum MirrorTarget {
+    /// `cluster`.
+    Named(Arc<str>),
+    /// `cluster_header`.
+    Header(HeaderName),
 }
 
 /// How the cluster of a forward action is chosen.

@@ -22,6 +22,7 @@ fn pick<'a>(t: &'a RouteTable, host: &str, path: &str, headers: &HeaderMap) -> O
         method: "GET",
         scheme: "http",
         headers,
+        random: 0,
     };
     t.select(&view).map(|(_, r)| &*r.name)
 }

@@ -6,18 +6,16 @@
 //! completion hook records stats and the access log.
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use super::pool::ReqBody;
-use super::Host;
+use super::pool::Lease;
+use crate::stats::Counter;
 
 /// Called once when the response ends (`complete` true if the body reached its end).
 pub trait OnComplete: Send + 'static {
@@ -31,7 +29,15 @@ pin_project! {
         inner: Inner,
         #[pin]
         deadline: Option<Sleep>,
-        pool_return: Option<(Arc<Host>, http1::SendRequest<ReqBody>)>,
+        // The route/per-try timeout once the request completes (it had not when the response
+        // headers arrived): the receiver fires then, and the timeout counts from there.
+        pending_deadline: Option<(tokio::sync::oneshot::Receiver<()>, Option<std::time::Duration>)>,
+        #[pin]
+        idle: Option<Sleep>,
+        idle_for: Option<std::time::Duration>,
+        // Counted when a deadline ends the body (`upstream_rq_timeout`).
+        timeout_counter: Option<Counter>,
+        lease: Option<Lease>,
         on_complete: Option<Box<dyn OnComplete>>,
         bytes: u64,
     }
@@ -46,9 +52,9 @@ pin_project! {
                 Inner::Full(Some(_)) => false,
                 Inner::Upstream(b) => b.is_end_stream(),
             };
-            if let Some((host, sender)) = this.pool_return.take() {
+            if let Some(mut lease) = this.lease.take() {
                 if ended {
-                    host.pool.put_h1(sender);
+                    lease.set_reusable();
                 }
             }
             if let Some(hook) = this.on_complete.take() {
@@ -64,15 +70,34 @@ enum Inner {
     Upstream(Incoming),
 }
 
-/// The error of a `ProxyBody`: the upstream failed, or the route timeout fired mid-body.
+/// When a response body must be complete.
+#[derive(Debug)]
+pub enum BodyDeadline {
+    /// At this instant (`None`: no deadline).
+    At(Option<tokio::time::Instant>),
+    /// `after` the request completes (signalled by `complete`), and at `hard` regardless.
+    AfterRequest {
+        /// Fires when the downstream request has been received in full.
+        complete: tokio::sync::oneshot::Receiver<()>,
+        /// Route/per-try timeout, counted from then.
+        after: Option<std::time::Duration>,
+        /// `max_stream_duration`'s deadline.
+        hard: Option<tokio::time::Instant>,
+    },
+}
+
+/// The error of a `ProxyBody`: the upstream failed, or a timeout fired mid-body.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
     /// The upstream body failed.
     #[error("upstream body: {0}")]
     Upstream(#[from] hyper::Error),
-    /// The route timeout elapsed before the body ended.
+    /// The route (or per-try, or max stream duration) timeout elapsed before the body ended.
     #[error("route timeout elapsed while streaming the response")]
     Timeout,
+    /// No response data moved for the idle timeout.
+    #[error("stream idle timeout while streaming the response")]
+    Idle,
 }
 
 // === impl ProxyBody ===
@@ -102,7 +127,11 @@ impl ProxyBody {
         ProxyBody {
             inner,
             deadline: None,
-            pool_return: None,
+            pending_deadline: None,
+            idle: None,
+            idle_for: None,
+            timeout_counter: None,
+            lease: None,
             on_complete: None,
             bytes: 0,
         }
@@ -114,13 +143,35 @@ impl ProxyBody {
         self
     }
 
-    /// Returns `sender` to `host`'s pool once the body has been read to the end.
-    pub fn with_pool_return(
+    /// Ends the body with an error when `deadline` passes, and when no data moved for `idle`.
+    /// A deadline expiry counts `timeout_counter`.
+    pub fn with_timers(
         mut self,
-        host: Arc<Host>,
-        sender: http1::SendRequest<ReqBody>,
+        deadline: BodyDeadline,
+        idle: Option<std::time::Duration>,
+        timeout_counter: Counter,
     ) -> Self {
-        self.pool_return = Some((host, sender));
+        match deadline {
+            BodyDeadline::At(d) => self.deadline = d.map(tokio::time::sleep_until),
+            BodyDeadline::AfterRequest {
+                complete,
+                after,
+                hard,
+            } => {
+                self.deadline = hard.map(tokio::time::sleep_until);
+                self.pending_deadline = Some((complete, after));
+            }
+        }
+        self.idle_for = idle;
+        self.idle = idle.map(tokio::time::sleep);
+        self.timeout_counter = Some(timeout_counter);
+        self
+    }
+
+    /// Holds `lease` until the body ends; an HTTP/1 connection goes back to its pool only if
+    /// the body was read to its end.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
         self
     }
 
@@ -140,6 +191,26 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
+        if let Some((rx, after)) = this.pending_deadline.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    if let Some(after) = *after {
+                        let at = tokio::time::Instant::now() + after;
+                        let sooner = this
+                            .deadline
+                            .as_ref()
+                            .as_pin_ref()
+                            .is_none_or(|d| at < d.deadline());
+                        if sooner {
+                            this.deadline.set(Some(tokio::time::sleep_until(at)));
+                        }
+                    }
+                    *this.pending_deadline = None;
+                }
+                Poll::Ready(Err(_)) => *this.pending_deadline = None,
+                Poll::Pending => {}
+            }
+        }
         let polled = match this.inner {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -148,13 +219,26 @@ impl Body for ProxyBody {
         let frame = match polled {
             Poll::Pending => {
                 if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
-                    ready!(deadline.poll(cx));
-                    return Poll::Ready(Some(Err(BodyError::Timeout)));
+                    if deadline.poll(cx).is_ready() {
+                        this.lease.take();
+                        if let Some(c) = this.timeout_counter.as_ref() {
+                            c.inc();
+                        }
+                        return Poll::Ready(Some(Err(BodyError::Timeout)));
+                    }
+                }
+                if let Some(idle) = this.idle.as_mut().as_pin_mut() {
+                    ready!(idle.poll(cx));
+                    this.lease.take();
+                    return Poll::Ready(Some(Err(BodyError::Idle)));
                 }
                 return Poll::Pending;
             }
             Poll::Ready(f) => f,
         };
+        if let (Some(idle), Some(d)) = (this.idle.as_mut().as_pin_mut(), *this.idle_for) {
+            idle.reset(tokio::time::Instant::now() + d);
+        }
         match &frame {
             Some(Ok(f)) => {
                 if let Some(d) = f.data_ref() {
@@ -162,11 +246,11 @@ impl Body for ProxyBody {
                 }
             }
             Some(Err(_)) => {
-                this.pool_return.take();
+                this.lease.take();
             }
             None => {
-                if let Some((host, sender)) = this.pool_return.take() {
-                    host.pool.put_h1(sender);
+                if let Some(mut lease) = this.lease.take() {
+                    lease.set_reusable();
                 }
                 if let Some(hook) = this.on_complete.take() {
                     hook.complete(true, *this.bytes);

@@ -6,6 +6,7 @@ pub mod body;
 pub mod dns;
 pub mod lb;
 pub mod pool;
+pub mod req_body;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -159,22 +160,20 @@ pub struct ClusterStats {
     pub upstream_cx_none_healthy: Counter,
     pub upstream_rq_total: Counter,
     pub upstream_rq_active: Gauge,
-    pub upstream_rq_completed: Counter,
     pub upstream_rq_timeout: Counter,
     pub upstream_rq_rx_reset: Counter,
     pub upstream_rq_tx_reset: Counter,
     pub upstream_rq_pending_total: Counter,
     pub upstream_rq_pending_failure_eject: Counter,
+    pub upstream_rq_pending_active: Gauge,
+    pub upstream_cx_max_requests: Counter,
+    pub retry_or_shadow_abandoned: Counter,
     pub membership_total: Gauge,
     pub membership_healthy: Gauge,
     pub update_success: Counter,
     pub update_attempt: Counter,
-    /// `upstream_rq_1xx`..`upstream_rq_5xx`.
-    pub rq_class: [Counter; 5],
-    /// Per exact status code, created on first use.
-    pub rq_code: Arc<DashMap<u16, Counter>>,
-    prefix: Arc<str>,
-    stats: Stats,
+    /// `upstream_rq_<class>`, `upstream_rq_<code>` and `upstream_rq_completed`.
+    pub codes: CodeStats,
 }
 
 /// A compiled cluster.
@@ -204,6 +203,81 @@ pub struct Cluster {
     pub orig_dst_hosts: DashMap<SocketAddr, Arc<Host>>,
     /// Stats.
     pub stats: ClusterStats,
+    /// Circuit breakers (`circuit_breakers`), per routing priority.
+    pub breakers: crate::policy::breaker::CircuitBreakers,
+    /// Retry counters (`upstream_rq_retry*`).
+    pub retry_stats: crate::policy::retry::RetryStats,
+    /// `retry.upstream_rq_<code>` counters: responses that were retried.
+    pub retry_codes: CodeStats,
+    /// Idle upstream connections are closed after this (`common_http_protocol_options.idle_timeout`,
+    /// Envoy's default 1 h).
+    pub idle_timeout: Option<Duration>,
+    /// `max_requests_per_connection`: an HTTP/1 connection is closed after this many requests.
+    pub max_requests_per_connection: Option<u32>,
+}
+
+/// Response-code counters under a prefix (`upstream_rq_2xx`, `upstream_rq_503`,
+/// `upstream_rq_completed`), as Envoy's `CodeStats::chargeBasicResponseStat`. Like Envoy's,
+/// they are created on first use, so an idle cluster lists none of them.
+#[derive(Debug, Clone)]
+pub struct CodeStats {
+    /// Per status: its class counter (none outside 1xx–5xx) and its code counter.
+    counters: Arc<DashMap<u16, (Option<Counter>, Counter)>>,
+    completed: Arc<std::sync::OnceLock<Counter>>,
+    prefix: Arc<str>,
+    stats: Stats,
+}
+
+// === impl CodeStats ===
+
+impl CodeStats {
+    /// Counters named `<prefix>upstream_rq_*`.
+    pub fn new(stats: &Stats, prefix: &str) -> Self {
+        CodeStats {
+            counters: Arc::new(DashMap::new()),
+            completed: Arc::default(),
+            prefix: Arc::from(prefix),
+            stats: stats.clone(),
+        }
+    }
+
+    /// Counts one response with `status`: its class, its code and completion.
+    pub fn charge(&self, status: u16) {
+        let bump = |(class, code): &(Option<Counter>, Counter)| {
+            if let Some(c) = class {
+                c.inc();
+            }
+            code.inc();
+        };
+        if let Some(c) = self.counters.get(&status) {
+            bump(&c);
+        } else {
+            let class = match status / 100 {
+                1 => Some("1xx"),
+                2 => Some("2xx"),
+                3 => Some("3xx"),
+                4 => Some("4xx"),
+                5 => Some("5xx"),
+                _ => None,
+            };
+            let pair = (
+                class.map(|k| {
+                    self.stats
+                        .counter(&format!("{}upstream_rq_{k}", self.prefix))
+                }),
+                self.stats
+                    .counter(&format!("{}upstream_rq_{status}", self.prefix)),
+            );
+            bump(&pair);
+            self.counters.insert(status, pair);
+        }
+        self.completed
+            .get_or_init(|| {
+                self.stats
+                    .counter(&format!("{}upstream_rq_completed", self.prefix))
+            })
+            .inc();
+    }
 }
 
 // === impl Host ===
@@ -256,51 +330,26 @@ impl ClusterStats {
             upstream_cx_none_healthy: c("upstream_cx_none_healthy"),
             upstream_rq_total: c("upstream_rq_total"),
             upstream_rq_active: g("upstream_rq_active"),
-            upstream_rq_completed: c("upstream_rq_completed"),
             upstream_rq_timeout: c("upstream_rq_timeout"),
             upstream_rq_rx_reset: c("upstream_rq_rx_reset"),
             upstream_rq_tx_reset: c("upstream_rq_tx_reset"),
             upstream_rq_pending_total: c("upstream_rq_pending_total"),
             upstream_rq_pending_failure_eject: c("upstream_rq_pending_failure_eject"),
+            upstream_rq_pending_active: g("upstream_rq_pending_active"),
+            upstream_cx_max_requests: c("upstream_cx_max_requests"),
+            retry_or_shadow_abandoned: c("retry_or_shadow_abandoned"),
             membership_total: g("membership_total"),
             membership_healthy: g("membership_healthy"),
             update_success: c("update_success"),
             update_attempt: c("update_attempt"),
-            rq_class: [
-                c("upstream_rq_1xx"),
-                c("upstream_rq_2xx"),
-                c("upstream_rq_3xx"),
-                c("upstream_rq_4xx"),
-                c("upstream_rq_5xx"),
-            ],
-            rq_code: Arc::new(DashMap::new()),
-            prefix: Arc::from(p.as_str()),
-            stats: stats.clone(),
+            codes: CodeStats::new(stats, &p),
         }
     }
 
     /// Counts a response status from (or on behalf of) the upstream, as Envoy's
     /// `chargeUpstreamCode`: the class counter, the exact-code counter and completion.
     pub fn charge_code(&self, status: u16) {
-        if let Some(class) = (status / 100)
-            .checked_sub(1)
-            .and_then(|i| self.rq_class.get(i as usize))
-        {
-            class.inc();
-        }
-        self.code_counter(status).inc();
-        self.upstream_rq_completed.inc();
-    }
-
-    fn code_counter(&self, status: u16) -> Counter {
-        if let Some(c) = self.rq_code.get(&status) {
-            return c.clone();
-        }
-        let c = self
-            .stats
-            .counter(&format!("{}upstream_rq_{status}", self.prefix));
-        self.rq_code.insert(status, c.clone());
-        c
+        self.codes.charge(status);
     }
 }
 
@@ -336,6 +385,16 @@ impl Cluster {
     pub fn pick(&self) -> Option<Arc<Host>> {
         let set = self.hosts.load();
         lb::pick(&self.lb, &set, &self.rr).cloned()
+    }
+
+    /// Reports one request result for `host` to outlier detection. Clusters without
+    /// `outlier_detection` (the only kind the config accepts so far) keep no state.
+    pub fn record_outcome(
+        &self,
+        _host: &Arc<Host>,
+        _outcome: crate::policy::outlier::Outcome,
+        _now: std::time::Instant,
+    ) {
     }
 
     /// Number of ORIGINAL_DST hosts currently cached (bounded by cleanup).
