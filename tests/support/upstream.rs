@@ -73,6 +73,10 @@ struct Counters {
     requests: AtomicUsize,
     /// Releases held responses (`x-echo-hold`); a permit is stored if nobody waits yet.
     release: tokio::sync::Notify,
+    /// Steering for the next requests, one entry each (see [`Upstream::script`]).
+    script: std::sync::Mutex<std::collections::VecDeque<Vec<(String, String)>>>,
+    /// Steering for every request without a script entry (see [`Upstream::always`]).
+    always: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 // === impl Upstream ===
@@ -117,6 +121,25 @@ impl Upstream {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.counters.connections.load(Ordering::SeqCst)
+    }
+
+    /// Steers the next requests as if each carried the given `x-echo-*` headers, one entry per
+    /// request in arrival order (e.g. the first two answer 503: `[&[("x-echo-status", "503")];
+    /// 2]`). Request headers of the same name are overridden.
+    pub fn script(&self, entries: &[&[(&str, &str)]]) {
+        let mut q = self.counters.script.lock().unwrap_or_else(|p| p.into_inner());
+        for e in entries {
+            q.push_back(e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        }
+    }
+
+    /// Steers every request without a script entry as if it carried these `x-echo-*` headers
+    /// (an always-failing host: `&[("x-echo-status", "503")]`); empty to stop.
+    pub fn always(&self, headers: &[(&str, &str)]) {
+        *self.counters.always.lock().unwrap_or_else(|p| p.into_inner()) = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
     }
 
     /// Lets one held (`x-echo-hold`) response send its remaining body.
@@ -181,7 +204,25 @@ async fn handle(
 ) -> Result<Response<EchoBody>, Reset> {
     counters.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
-    let h = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+    let steer = counters
+        .script
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop_front()
+        .unwrap_or_else(|| {
+            counters
+                .always
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
+    let h = |n: &str| {
+        steer
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+            .or_else(|| parts.headers.get(n).and_then(|v| v.to_str().ok()))
+    };
     if h("x-echo-hold").is_some() {
         let first = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"first\n")))]);
         let rest = futures_util::stream::once(async move {

@@ -15,7 +15,8 @@
 //! - `max_pending_requests`: requests queued in a pool waiting for a connection to become
 //!   ready (HTTP/1: for a free connection; HTTP/2: only while the connection is established).
 //! - `max_requests`: requests in flight to the cluster, both protocols. Envoy counts an
-//!   overflow of this limit in `upstream_rq_pending_overflow` (there is no `upstream_rq_overflow`).
+//!   overflow of this limit in `upstream_rq_active_overflow` (1.40; older releases used
+//!   `upstream_rq_pending_overflow`), checked against the pinned Envoy.
 //! - `max_retries`: retries in flight; replaced by `retry_budget` when one is set, as
 //!   `max(budget_percent% × (active + pending requests), min_retry_concurrency)`.
 //! - `max_connection_pools`: pools (one per host × protocol × options) across the cluster.
@@ -24,7 +25,8 @@
 //! `cx_pool_open`, `rq_pending_open`, `rq_open`, `rq_retry_open` (1 while the limit is reached),
 //! `remaining_cx`, `remaining_pending`, `remaining_rq`, `remaining_retries`,
 //! `remaining_cx_pools` (only with `track_remaining`), and the counters
-//! `upstream_cx_overflow`, `upstream_rq_pending_overflow`, `upstream_rq_retry_overflow`,
+//! `upstream_cx_overflow`, `upstream_rq_pending_overflow`, `upstream_rq_active_overflow`,
+//! `upstream_rq_retry_overflow`,
 //! `upstream_cx_pool_overflow`.
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -151,6 +153,7 @@ pub struct Permit(Arc<Slot>);
 struct OverflowCounters {
     cx: Counter,
     pending: Counter,
+    active: Counter,
     retry: Counter,
     pool: Counter,
 }
@@ -300,6 +303,7 @@ impl CircuitBreakers {
         let overflow = OverflowCounters {
             cx: stats.counter(&format!("{prefix}upstream_cx_overflow")),
             pending: stats.counter(&format!("{prefix}upstream_rq_pending_overflow")),
+            active: stats.counter(&format!("{prefix}upstream_rq_active_overflow")),
             retry: stats.counter(&format!("{prefix}upstream_rq_retry_overflow")),
             pool: stats.counter(&format!("{prefix}upstream_cx_pool_overflow")),
         };
@@ -421,9 +425,9 @@ impl PriorityBreakers {
     }
 
     /// Takes an active-request slot; `Overflow` at `max_requests`, counted (as Envoy) in
-    /// `upstream_rq_pending_overflow`.
+    /// `upstream_rq_active_overflow`.
     pub fn try_acquire_rq(&self) -> Result<Permit, Overflow> {
-        Self::acquire(&self.rq, Resource::Requests, &self.overflow.pending)
+        Self::acquire(&self.rq, Resource::Requests, &self.overflow.active)
     }
 
     /// Takes a retry slot; `Overflow` (and `upstream_rq_retry_overflow`) at `max_retries`

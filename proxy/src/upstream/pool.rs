@@ -12,7 +12,7 @@
 //! HTTP/2: one multiplexed connection per host; while it connects, requests wait in the same
 //! kind of bounded queue. `max_requests` bounds the streams in flight in both protocols and is
 //! checked when a request is attached to a connection; its overflow is counted in
-//! `upstream_rq_pending_overflow`, as Envoy does.
+//! `upstream_rq_active_overflow`, as Envoy 1.40 does.
 //!
 //! The pool's lock is a std mutex held only to move connections and waiters between lists,
 //! never across an await. A [`Lease`] is what a request holds while it uses a connection: its
