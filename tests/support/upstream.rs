@@ -77,6 +77,8 @@ struct Counters {
     script: std::sync::Mutex<std::collections::VecDeque<Vec<(String, String)>>>,
     /// Steering for every request without a script entry (see [`Upstream::always`]).
     always: std::sync::Mutex<Vec<(String, String)>>,
+    /// What the last plain echo request looked like (see [`Upstream::last`]).
+    last: std::sync::Mutex<Option<Echo>>,
 }
 
 // === impl Upstream ===
@@ -127,19 +129,41 @@ impl Upstream {
     /// request in arrival order (e.g. the first two answer 503: `[&[("x-echo-status", "503")];
     /// 2]`). Request headers of the same name are overridden.
     pub fn script(&self, entries: &[&[(&str, &str)]]) {
-        let mut q = self.counters.script.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self
+            .counters
+            .script
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for e in entries {
-            q.push_back(e.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+            q.push_back(
+                e.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
         }
     }
 
     /// Steers every request without a script entry as if it carried these `x-echo-*` headers
     /// (an always-failing host: `&[("x-echo-status", "503")]`); empty to stop.
     pub fn always(&self, headers: &[(&str, &str)]) {
-        *self.counters.always.lock().unwrap_or_else(|p| p.into_inner()) = headers
+        *self
+            .counters
+            .always
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+    }
+
+    /// The last request this upstream echoed (for requests whose response the test never
+    /// sees, such as mirrors).
+    pub fn last(&self) -> Option<Echo> {
+        self.counters
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Lets one held (`x-echo-hold`) response send its remaining body.
@@ -304,6 +328,7 @@ async fn handle(
         body: String::from_utf8_lossy(&body).into_owned(),
     };
     let json = Bytes::from(serde_json::to_vec(&echo).expect("Echo serializes"));
+    *counters.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(echo);
 
     let body: EchoBody = if body_error {
         // Pause after the first half so hyper flushes the head and that half before failing:
@@ -333,8 +358,17 @@ async fn handle(
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body)
         .expect("valid response");
-    for v in parts.headers.get_all("x-echo-response-header") {
-        if let Some((k, v)) = v.to_str().ok().and_then(|s| s.split_once('=')) {
+    let scripted = steer
+        .iter()
+        .filter(|(k, _)| k == "x-echo-response-header")
+        .map(|(_, v)| v.as_str());
+    let sent = parts
+        .headers
+        .get_all("x-echo-response-header")
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    for v in scripted.chain(sent) {
+        if let Some((k, v)) = v.split_once('=') {
             if let (Ok(k), Ok(v)) = (
                 HeaderName::from_bytes(k.trim().as_bytes()),
                 HeaderValue::from_str(v.trim()),

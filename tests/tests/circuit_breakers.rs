@@ -21,10 +21,12 @@ virtual_hosts:
     route: {cluster: slow}
 "#;
 
-const H1_BREAKERS: &str = "circuit_breakers: {thresholds: [{priority: DEFAULT, max_connections: 1, \
+const H1_BREAKERS: &str =
+    "circuit_breakers: {thresholds: [{priority: DEFAULT, max_connections: 1, \
      max_pending_requests: 1, track_remaining: true}]}";
 
-const H2_BREAKERS: &str = "circuit_breakers: {thresholds: [{priority: DEFAULT, max_requests: 2}]}, \
+const H2_BREAKERS: &str =
+    "circuit_breakers: {thresholds: [{priority: DEFAULT, max_requests: 2}]}, \
      typed_extension_protocol_options: {envoy.extensions.upstreams.http.v3.HttpProtocolOptions: \
      {'@type': type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, \
      explicit_http_config: {http2_protocol_options: {}}}}";
@@ -106,7 +108,11 @@ async fn http1_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
     anyhow::ensure!(r2.status == 200, "{kind}: request 2 → {}", r2.status);
     obs.record("request 1 status", r1.status.as_u16());
     obs.record("request 2 status", r2.status.as_u16());
-    anyhow::ensure!(up.connections() == 1, "{kind}: {} upstream connections", up.connections());
+    anyhow::ensure!(
+        up.connections() == 1,
+        "{kind}: {} upstream connections",
+        up.connections()
+    );
     obs.record("upstream connections", up.connections());
 
     log_stats(&proxy).await;

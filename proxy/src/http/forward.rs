@@ -98,6 +98,7 @@ enum BodySource {
 /// reply.
 pub(super) async fn forward(
     ctx: &ConnCtx,
+    ctx_start: tokio::time::Instant,
     t: Target<'_>,
     mut req: Request<Incoming>,
     flags: &mut Flags,
@@ -171,6 +172,7 @@ pub(super) async fn forward(
     timers.per_try_idle = fwd.retry.per_try_idle_timeout;
     timers.stream_idle = fwd.idle_timeout.or(hcm.stream_idle_timeout);
     timers.max_stream_duration = fwd.max_stream_duration;
+    timers.stream_start = ctx_start;
 
     if let (false, BodySource::Replay(replay)) = (mirrors.is_empty(), &bodies) {
         for m in &mirrors {
@@ -600,10 +602,13 @@ fn pass_through(
             .headers
             .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempts));
     }
-    let idle = [timers.per_try_idle, timers.stream_idle]
-        .into_iter()
-        .flatten()
-        .min();
+    let idle = match (timers.per_try_idle, timers.stream_idle) {
+        (Some(p), s) if s.is_none_or(|s| p < s) => {
+            Some((p, cluster.retry_stats.per_try_idle_timeout.clone()))
+        }
+        (_, Some(s)) => Some((s, hcm.stats.downstream_rq_idle_timeout.clone())),
+        _ => None,
+    };
     let body = ProxyBody::upstream(body)
         .with_timers(
             timers.body_deadline(attempt),
@@ -679,18 +684,20 @@ fn failure_reply(
             charge(ctx, cluster, Some(host), timeout_code.as_u16());
             timeout_body(timeout_code, t.grpc)
         }
+        // The connection manager's timers: its local replies skip the router's headers.
         Failure::Timer(Fired::MaxStreamDuration) => {
-            flags.insert(Flags::UPSTREAM_MAX_STREAM_DURATION_REACHED);
-            local_reply(
+            flags.insert(Flags::DURATION_TIMEOUT);
+            ctx.hcm.stats.downstream_rq_max_duration_reached.inc();
+            return local_reply(
                 request_timeout_code(timers),
-                "upstream max stream duration reached",
+                "downstream duration timeout",
                 t.grpc,
-            )
+            );
         }
         Failure::Timer(Fired::StreamIdle) => {
             flags.insert(Flags::STREAM_IDLE_TIMEOUT);
             ctx.hcm.stats.downstream_rq_idle_timeout.inc();
-            local_reply(request_timeout_code(timers), "stream timeout", t.grpc)
+            return local_reply(request_timeout_code(timers), "stream timeout", t.grpc);
         }
     };
     finish_reply(ctx, t, resp, attempts)

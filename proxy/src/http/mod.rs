@@ -101,6 +101,7 @@ pub struct HttpStats {
     pub downstream_rq_completed: Counter,
     pub downstream_rq_ws_on_non_ws_route: Counter,
     pub downstream_rq_idle_timeout: Counter,
+    pub downstream_rq_max_duration_reached: Counter,
     pub downstream_rq_class: [Counter; 5],
     pub no_route: Counter,
     pub no_cluster: Counter,
@@ -128,6 +129,7 @@ impl HttpStats {
             downstream_rq_completed: c("downstream_rq_completed"),
             downstream_rq_ws_on_non_ws_route: c("downstream_rq_ws_on_non_ws_route"),
             downstream_rq_idle_timeout: c("downstream_rq_idle_timeout"),
+            downstream_rq_max_duration_reached: c("downstream_rq_max_duration_reached"),
             downstream_rq_class: [
                 c("downstream_rq_1xx"),
                 c("downstream_rq_2xx"),

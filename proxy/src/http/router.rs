@@ -41,7 +41,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<P
     let mut log = (!hcm.access_logs.is_empty()).then(|| LogEntry::from_request(&req, &ctx.conn));
 
     let mut flags = Flags::default();
-    let outcome = route_and_forward(&ctx, req, &mut flags, &mut log).await;
+    let outcome = route_and_forward(&ctx, req, &mut flags, start, &mut log).await;
     let (mut resp, upstream) = match outcome {
         Ok(r) => r,
         Err(reply) => (reply, None),
@@ -96,6 +96,7 @@ async fn route_and_forward(
     ctx: &ConnCtx,
     mut req: Request<Incoming>,
     flags: &mut Flags,
+    start: Instant,
     log: &mut Option<LogEntry>,
 ) -> Result<(Response<ProxyBody>, Option<Upstream>), Response<ProxyBody>> {
     let hcm = &ctx.hcm;
@@ -221,6 +222,7 @@ async fn route_and_forward(
 
     super::forward::forward(
         ctx,
+        tokio::time::Instant::from_std(start),
         super::forward::Target {
             fwd,
             route,

@@ -4,7 +4,8 @@
 //!   (Envoy's `onRequestComplete`) and covers every attempt, back-off and the whole response.
 //! - A per-try timeout starts when its attempt starts, or when the request is complete if
 //!   that is later; it covers the attempt's response too.
-//! - `max_stream_duration` starts with the upstream stream.
+//! - The route's `max_stream_duration` bounds the downstream stream from its start (Envoy's
+//!   connection manager enforces it: `downstream duration timeout`).
 //! - The stream idle timeout (route `idle_timeout`, else the connection manager's
 //!   `stream_idle_timeout`) and `per_try_idle_timeout` restart whenever response data moves.
 use std::time::Duration;
@@ -25,7 +26,7 @@ pub(super) enum Fired {
     PerTryIdle,
     /// The stream idle timeout.
     StreamIdle,
-    /// `max_stream_duration`.
+    /// The route's `max_stream_duration` (the downstream stream's).
     MaxStreamDuration,
 }
 
@@ -50,8 +51,10 @@ pub(super) struct Timers {
     pub per_try_idle: Option<Duration>,
     /// The stream idle timeout.
     pub stream_idle: Option<Duration>,
-    /// The upstream stream's maximum duration.
+    /// The downstream stream's maximum duration, counted from `stream_start`.
     pub max_stream_duration: Option<Duration>,
+    /// When the downstream request arrived.
+    pub stream_start: Instant,
 }
 
 /// The deadlines of one attempt, fixed when it starts (those waiting for the request to
@@ -78,6 +81,7 @@ impl Timers {
             per_try_idle: None,
             stream_idle: None,
             max_stream_duration: None,
+            stream_start: Instant::now(),
         }
     }
 
@@ -111,7 +115,7 @@ impl Timers {
     /// The deadline the response body of `attempt` must end by (route or per-try timeout,
     /// whichever is first), and whether it still depends on the request completing.
     pub fn body_deadline(&mut self, attempt: &Attempt) -> BodyDeadline {
-        let msd = self.max_stream_duration.map(|d| attempt.start + d);
+        let msd = self.max_stream_duration.map(|d| self.stream_start + d);
         if self.completed_at().is_some() {
             let d = [self.global_deadline(), self.per_try_deadline(attempt), msd]
                 .into_iter()

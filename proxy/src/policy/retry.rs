@@ -562,6 +562,11 @@ impl RetryState {
                 if headers.contains_key("x-envoy-overloaded") {
                     return false;
                 }
+                // A rate-limited answer from an upstream Envoy is retried only under
+                // `envoy-ratelimited`, whatever its status.
+                if headers.contains_key("x-envoy-ratelimited") {
+                    return r.any(RetryOn::ENVOY_RATE_LIMITED);
+                }
                 if r.any(RetryOn::FIVE_XX) && (500..600).contains(&status) {
                     return true;
                 }
@@ -594,7 +599,7 @@ impl RetryState {
                         return true;
                     }
                 }
-                r.any(RetryOn::ENVOY_RATE_LIMITED) && headers.contains_key("x-envoy-ratelimited")
+                false
             }
         }
     }

@@ -281,7 +281,7 @@ pub struct ForwardAction {
     pub timeouts: crate::policy::retry::RouteTimeouts,
     /// `idle_timeout`: the stream goes idle (nothing sent or received) for this long → 504.
     pub idle_timeout: Option<Duration>,
-    /// `max_stream_duration.max_stream_duration`: the upstream stream is reset after this.
+    /// `max_stream_duration.max_stream_duration`: the downstream stream's maximum duration.
     pub max_stream_duration: Option<Duration>,
     /// `priority`: which circuit breakers the request counts against.
     pub priority: crate::policy::breaker::Priority,

@@ -35,8 +35,10 @@ pin_project! {
         #[pin]
         idle: Option<Sleep>,
         idle_for: Option<std::time::Duration>,
-        // Counted when a deadline ends the body (`upstream_rq_timeout`).
+        // Counted when a deadline ends the body (`upstream_rq_timeout`), and when the idle
+        // timeout does.
         timeout_counter: Option<Counter>,
+        idle_counter: Option<Counter>,
         lease: Option<Lease>,
         on_complete: Option<Box<dyn OnComplete>>,
         bytes: u64,
@@ -131,6 +133,7 @@ impl ProxyBody {
             idle: None,
             idle_for: None,
             timeout_counter: None,
+            idle_counter: None,
             lease: None,
             on_complete: None,
             bytes: 0,
@@ -143,12 +146,12 @@ impl ProxyBody {
         self
     }
 
-    /// Ends the body with an error when `deadline` passes, and when no data moved for `idle`.
-    /// A deadline expiry counts `timeout_counter`.
+    /// Ends the body with an error when `deadline` passes (counting `timeout_counter`), and
+    /// when no data moved for `idle` (counting its counter).
     pub fn with_timers(
         mut self,
         deadline: BodyDeadline,
-        idle: Option<std::time::Duration>,
+        idle: Option<(std::time::Duration, Counter)>,
         timeout_counter: Counter,
     ) -> Self {
         match deadline {
@@ -162,8 +165,11 @@ impl ProxyBody {
                 self.pending_deadline = Some((complete, after));
             }
         }
-        self.idle_for = idle;
-        self.idle = idle.map(tokio::time::sleep);
+        if let Some((d, c)) = idle {
+            self.idle_for = Some(d);
+            self.idle = Some(tokio::time::sleep(d));
+            self.idle_counter = Some(c);
+        }
         self.timeout_counter = Some(timeout_counter);
         self
     }
@@ -230,6 +236,9 @@ impl Body for ProxyBody {
                 if let Some(idle) = this.idle.as_mut().as_pin_mut() {
                     ready!(idle.poll(cx));
                     this.lease.take();
+                    if let Some(c) = this.idle_counter.as_ref() {
+                        c.inc();
+                    }
                     return Poll::Ready(Some(Err(BodyError::Idle)));
                 }
                 return Poll::Pending;

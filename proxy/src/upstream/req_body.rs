@@ -135,8 +135,15 @@ impl Body for UpstreamBody {
         match &mut self.get_mut().kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Stream { body, done } => {
-                let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                // hyper stops polling a body once it reports its end (a Content-Length body
+                // after its last byte), so the end is noticed on the last frame too.
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => body.is_end_stream(),
+                    _ => false,
+                };
+                if ended {
                     if let Some(tx) = done.take() {
                         let _ = tx.send(());
                     }
@@ -324,6 +331,16 @@ impl Replay {
                 };
                 st.read += 1;
                 *pos = st.read;
+                // The last frame of a body with a declared length: hyper will not poll for
+                // the end, so it is recorded now.
+                if st.source.as_ref().is_some_and(|b| b.is_end_stream()) {
+                    st.ended = true;
+                    st.source = None;
+                    if let Some(tx) = st.done.take() {
+                        let _ = tx.send(());
+                    }
+                    self.complete.notify_waiters();
+                }
                 if !st.overflowed {
                     if st.bytes > self.limit {
                         st.overflowed = true;
