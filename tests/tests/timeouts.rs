@@ -185,3 +185,43 @@ async fn scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
 async fn idle_duration_grpc_timeouts_and_mirrors_match_envoy() {
     differential(scenario).await;
 }
+
+/// The connection manager's idle timeout closes a keep-alive connection with nothing in
+/// flight, in both proxies, and counts it.
+async fn connection_idle_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
+    let up = Upstream::start("up").await?;
+    let yaml = petrel_e2e::yaml::http_bootstrap_with(
+        "common_http_protocol_options: {idle_timeout: 1s}",
+        ROUTES,
+        &[
+            cluster("up", &[up.addr()]),
+            cluster("shadow", &[up.addr()]),
+            cluster("never", &[up.addr()]),
+        ],
+    );
+    let proxy = Proxy::start(kind, &yaml, &[]).await?;
+    let mut obs = Observations::new(kind);
+    let mut conn = petrel_e2e::client::raw::RawConn::connect(proxy.addr("http")).await?;
+    conn.write(b"GET /maybe HTTP/1.1\r\nHost: t.test\r\n\r\n")
+        .await?;
+    let resp = conn.read_response().await?;
+    anyhow::ensure!(resp.status == 200, "{kind}: → {}", resp.status);
+    // Nothing more is sent: the proxy closes the connection once it has been idle.
+    let rest = conn
+        .read_to_close(std::time::Duration::from_secs(30))
+        .await?;
+    obs.record("bytes after the response", rest.len());
+    obs.stat_eq(
+        &proxy,
+        "http.ingress.downstream_cx_idle_timeout",
+        "http.ingress.downstream_cx_idle_timeout",
+        1,
+    )
+    .await?;
+    Ok(obs)
+}
+
+#[tokio::test]
+async fn idle_connections_close_like_envoy() {
+    differential(connection_idle_scenario).await;
+}

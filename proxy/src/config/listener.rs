@@ -34,6 +34,9 @@ use crate::listener::{
 use crate::stats::Stats;
 use crate::tcp_proxy::{TcpProxy, TcpStats, DEFAULT_IDLE_TIMEOUT};
 
+/// Envoy's default downstream connection idle timeout.
+const DEFAULT_CONNECTION_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Envoy's default `stream_idle_timeout`.
 const DEFAULT_STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
@@ -480,6 +483,25 @@ fn hcm(
             .is_some_and(|o| o.accept_http_10),
         suppress_envoy_headers: router.suppress_envoy_headers,
         dynamic_stats: router.dynamic_stats.as_ref().is_none_or(|b| b.value),
+        idle_timeout: {
+            let o = c.common_http_protocol_options.as_ref();
+            if o.is_some_and(|o| o.max_requests_per_connection.is_some()) {
+                return Err(ConfigError::new(
+                    format!("{path}.common_http_protocol_options.max_requests_per_connection"),
+                    "not supported on the connection manager",
+                ));
+            }
+            match o.and_then(|o| o.idle_timeout.as_ref()) {
+                Some(d) => {
+                    let d = duration(
+                        d,
+                        &format!("{path}.common_http_protocol_options.idle_timeout"),
+                    )?;
+                    (!d.is_zero()).then_some(d)
+                }
+                None => Some(DEFAULT_CONNECTION_IDLE_TIMEOUT),
+            }
+        },
         stream_idle_timeout: match &c.stream_idle_timeout {
             Some(d) => {
                 let d = duration(d, &format!("{path}.stream_idle_timeout"))?;

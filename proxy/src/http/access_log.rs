@@ -14,7 +14,6 @@ use tokio::sync::mpsc;
 use super::flags::Flags;
 use super::HttpConnMgr;
 use crate::listener::Accepted;
-use crate::stats::GaugeGuard;
 use crate::upstream::body::OnComplete;
 
 /// Envoy's default access log format.
@@ -373,7 +372,7 @@ pub struct LogHook {
     pub hcm: Arc<HttpConnMgr>,
     pub entry: Option<Box<LogEntry>>,
     pub start: Instant,
-    pub _active: GaugeGuard,
+    pub _active: super::ActiveRequest,
 }
 
 impl OnComplete for LogHook {

@@ -75,6 +75,9 @@ pub struct HttpConnMgr {
     pub suppress_envoy_headers: bool,
     /// Router's `dynamic_stats` (default true): per-response-code cluster stats.
     pub dynamic_stats: bool,
+    /// `common_http_protocol_options.idle_timeout`: a downstream connection with no request
+    /// in flight for this long is closed (Envoy's default 1 h; `None` disables it).
+    pub idle_timeout: Option<std::time::Duration>,
     /// `stream_idle_timeout` (Envoy's default 5 min; `None` disables it).
     pub stream_idle_timeout: Option<std::time::Duration>,
     /// `internal_address_config.cidr_ranges`: downstream addresses whose requests are
@@ -94,6 +97,7 @@ pub struct HttpStats {
     pub downstream_cx_http2_total: Counter,
     pub downstream_cx_destroy: Counter,
     pub downstream_cx_protocol_error: Counter,
+    pub downstream_cx_idle_timeout: Counter,
     pub downstream_rq_total: Counter,
     pub downstream_rq_active: Gauge,
     pub downstream_rq_http1_total: Counter,
@@ -122,6 +126,7 @@ impl HttpStats {
             downstream_cx_http2_total: c("downstream_cx_http2_total"),
             downstream_cx_destroy: c("downstream_cx_destroy"),
             downstream_cx_protocol_error: c("downstream_cx_protocol_error"),
+            downstream_cx_idle_timeout: c("downstream_cx_idle_timeout"),
             downstream_rq_total: c("downstream_rq_total"),
             downstream_rq_active: g("downstream_rq_active"),
             downstream_rq_http1_total: c("downstream_rq_http1_total"),
@@ -163,6 +168,10 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub conn: Accepted,
     counted_protocol: AtomicBool,
+    /// Requests in flight on this connection (until their response body ends).
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Notified when a request starts or the last one in flight ends.
+    activity: tokio::sync::Notify,
     /// Set (and `first_request` notified) when the first request arrives.
     saw_request: AtomicBool,
     first_request: tokio::sync::Notify,
@@ -185,6 +194,8 @@ impl HttpConnMgr {
             shared,
             conn,
             counted_protocol: AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            activity: tokio::sync::Notify::new(),
             saw_request: AtomicBool::new(false),
             first_request: tokio::sync::Notify::new(),
         });
@@ -215,6 +226,12 @@ impl HttpConnMgr {
         tokio::pin!(conn);
         let result = tokio::select! {
             res = conn.as_mut() => res,
+            _ = idle(&conn_ctx, self.idle_timeout) => {
+                // Idle: close as Envoy does (HTTP/1 closes, HTTP/2 sends GOAWAY).
+                self.stats.downstream_cx_idle_timeout.inc();
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
             _ = either_drained(&mut drain, &mut listener_drain) => 'drain: {
                 // A connection accepted during the drain window still has its first request
                 // served (answered with `connection: close`, as Envoy does); shutting it down
@@ -267,6 +284,58 @@ impl ConnCtx {
                 self.hcm.stats.downstream_cx_http2_total.inc();
             } else {
                 self.hcm.stats.downstream_cx_http1_total.inc();
+            }
+        }
+    }
+}
+
+/// A request in flight on its connection, and in `downstream_rq_active`; dropped when its
+/// response ends.
+#[derive(Debug)]
+pub struct ActiveRequest {
+    ctx: Arc<ConnCtx>,
+    _gauge: GaugeGuard,
+}
+
+impl ActiveRequest {
+    /// Counts a new request on `ctx`'s connection.
+    pub fn new(ctx: &Arc<ConnCtx>) -> Self {
+        ctx.in_flight.fetch_add(1, Ordering::AcqRel);
+        ctx.activity.notify_waiters();
+        ActiveRequest {
+            ctx: ctx.clone(),
+            _gauge: GaugeGuard::new(&ctx.hcm.stats.downstream_rq_active),
+        }
+    }
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        if self.ctx.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ctx.activity.notify_waiters();
+        }
+    }
+}
+
+/// Resolves once the connection has had no request in flight for `timeout` (never without
+/// one).
+async fn idle(ctx: &ConnCtx, timeout: Option<std::time::Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        // Registered before the check, so a change in between is not missed.
+        let changed = ctx.activity.notified();
+        if ctx.in_flight.load(Ordering::Acquire) > 0 {
+            changed.await;
+            continue;
+        }
+        tokio::select! {
+            _ = changed => continue,
+            _ = tokio::time::sleep(timeout) => {
+                if ctx.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
             }
         }
     }

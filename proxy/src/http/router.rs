@@ -12,7 +12,6 @@ use super::access_log::{LogEntry, LogHook};
 use super::flags::{local_reply, Flags};
 use super::ConnCtx;
 use crate::route::{Action, ClusterTarget, Redirect, RedirectPath, RequestView, Route};
-use crate::stats::GaugeGuard;
 use crate::upstream::body::ProxyBody;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -32,7 +31,7 @@ pub async fn handle(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<P
     } else {
         stats.downstream_rq_http1_total.inc();
     }
-    let active = GaugeGuard::new(&stats.downstream_rq_active);
+    let active = super::ActiveRequest::new(&ctx);
     // The connection manager assigns the request id before anything else sees the request
     // (routing, access logs), as Envoy does.
     if hcm.generate_request_id && !req.headers().contains_key(&X_REQUEST_ID) {
