@@ -453,7 +453,7 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
                                 .map(|(k, v)| json!({"name": k, "value": v}))
                                 .collect::<Vec<_>>(),
                             "health_status": {"eds_health_status": "HEALTHY"},
-                            "weight": h.weight,
+                            "weight": h.weight(),
                             "hostname": &*h.hostname,
                         })
                     })
@@ -482,7 +482,7 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
             }
             out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
             out.push_str(&format!("{n}::{a}::health_flags::healthy\n"));
-            out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));
+            out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight()));
         }
     }
     text(StatusCode::OK, out)

@@ -370,6 +370,10 @@ fn forward(ra: &pb::RouteAction, path: &str) -> Result<ForwardAction, ConfigErro
         host_rewrite,
         upgrades,
         cluster_not_found,
+        hash_policy: crate::upstream::lb::hash::HashPolicies::compile(
+            &ra.hash_policy,
+            &format!("{path}.hash_policy"),
+        )?,
     })
 }
 

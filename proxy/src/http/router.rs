@@ -11,14 +11,16 @@ use rand::Rng;
 use super::access_log::{LogEntry, LogHook};
 use super::flags::{local_reply, Flags};
 use super::ConnCtx;
+use crate::policy::outlier::{self, Outcome};
 use crate::route::{
     Action, ClusterTarget, ForwardAction, HostRewrite, Redirect, RedirectPath, RequestView, Route,
     VirtualHost,
 };
 use crate::stats::GaugeGuard;
 use crate::upstream::body::ProxyBody;
+use crate::upstream::lb::hash::HashInput;
 use crate::upstream::pool::{ConnectError, Sender};
-use crate::upstream::{Cluster, Discovery, Host, UpstreamProtocol};
+use crate::upstream::{Cluster, Discovery, Host, PickCtx, UpstreamProtocol};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -233,6 +235,7 @@ async fn route_and_forward(
     }
 
     // Pick the host.
+    let mut set_cookie = None;
     let host_pick = match &cluster.discovery {
         Discovery::OriginalDst { header } => {
             let from_header = header
@@ -244,7 +247,26 @@ async fn route_and_forward(
                 .or(ctx.conn.orig_dst)
                 .map(|d| cluster.orig_dst_host(d))
         }
-        _ => cluster.pick(),
+        _ => {
+            let input = || {
+                HashInput::new(
+                    req.headers(),
+                    req.uri(),
+                    req.method(),
+                    ctx.conn.remote,
+                    ctx.conn.local,
+                )
+            };
+            let h = cluster
+                .wants_hash()
+                .then(|| fwd.hash_policy.compute(&input()))
+                .unwrap_or_default();
+            set_cookie = h.set_cookie;
+            cluster.pick(&PickCtx {
+                hash: h.hash,
+                ..PickCtx::default()
+            })
+        }
     };
     let Some(upstream_host) = host_pick else {
         if let Some(l) = log.as_mut() {
@@ -305,6 +327,7 @@ async fn route_and_forward(
             .checkout(&upstream_host, &cluster, upstream_h2)
             .await;
         let sender = sender.map_err(Failure::Connect)?;
+        cluster.record_outcome(&upstream_host, Outcome::ConnectSuccess);
         cluster.stats.upstream_rq_total.inc();
         upstream_host
             .stats
@@ -361,6 +384,14 @@ async fn route_and_forward(
                 cluster.stats.upstream_rq_pending_failure_eject.inc();
             }
             tracing::debug!(cluster = %cluster.name, host = %upstream_host.addr, "upstream failure: {failure:?}");
+            cluster.record_outcome(
+                &upstream_host,
+                if matches!(failure, Failure::Timeout) {
+                    Outcome::Timeout
+                } else {
+                    Outcome::ConnectFailed
+                },
+            );
             flags.insert(flag);
             cluster.stats.charge_code(status.as_u16());
             return Err(local_reply(status, body, grpc));
@@ -368,6 +399,10 @@ async fn route_and_forward(
     };
 
     cluster.stats.charge_code(resp.status().as_u16());
+    cluster.record_outcome(
+        &upstream_host,
+        outlier::response_outcome(resp.status(), resp.headers(), grpc),
+    );
     let hs = &upstream_host.stats;
     if resp.status().is_server_error() {
         hs.rq_error
@@ -407,6 +442,9 @@ async fn route_and_forward(
             .insert(&X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms));
     }
     apply_response_headers(&mut parts.headers, route, vhost, &routes, weighted);
+    if let Some(c) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, c);
+    }
     let mut body = ProxyBody::upstream(body).with_deadline(deadline);
     if let Some(s) = h1_sender {
         body = body.with_pool_return(upstream_host.clone(), s);
@@ -533,6 +571,7 @@ fn prepare_request(
     let mut new_host: Option<HeaderValue> = match &fwd.host_rewrite {
         HostRewrite::None => None,
         HostRewrite::Literal(v) => Some(v.clone()),
+        HostRewrite::Auto if upstream.hostname.is_empty() => None,
         HostRewrite::Auto => HeaderValue::from_str(&upstream.hostname).ok(),
         HostRewrite::Header(h) => headers.get(h).cloned(),
     };

@@ -267,6 +267,8 @@ pub struct ForwardAction {
     pub upgrades: Vec<String>,
     /// Status when the named cluster does not exist.
     pub cluster_not_found: StatusCode,
+    /// `hash_policy`, evaluated for clusters with a consistent-hash balancer.
+    pub hash_policy: crate::upstream::lb::hash::HashPolicies,
 }
 
 /// How the cluster of a forward action is chosen.
