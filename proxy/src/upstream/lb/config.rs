@@ -422,12 +422,14 @@ pub fn membership(
                     dns_names.push((ip.ip().to_string(), ip.port(), weight));
                     continue;
                 }
-                (CfgAddr::Name(name, _), false) => return Err(ConfigError::new(
-                    format!("{apath}.socket_address.address"),
-                    format!(
+                (CfgAddr::Name(name, _), false) => {
+                    return Err(ConfigError::new(
+                        format!("{apath}.socket_address.address"),
+                        format!(
                         "{name:?} is not an IP address (use STRICT_DNS or LOGICAL_DNS for names)"
                     ),
-                )),
+                    ))
+                }
                 (CfgAddr::Ip(ip), false) => HostAddr::Tcp(ip),
                 (CfgAddr::Pipe(p), _) => HostAddr::Unix(p),
             };
