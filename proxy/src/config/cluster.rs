@@ -52,11 +52,7 @@ pub(crate) fn build(
             "must be greater than 0",
         ));
     }
-    let lb = lb::config::lb_config(
-        c,
-        path,
-        discovery_type == cluster::DiscoveryType::OriginalDst,
-    )?;
+    let lb = lb::config::lb_config(c, path, discovery_type)?;
     let outlier = c
         .outlier_detection
         .as_ref()

@@ -37,9 +37,14 @@ const MAGLEV: &str = "envoy.extensions.load_balancing_policies.maglev.v3.Maglev"
 /// A DNS target of a STRICT_DNS / LOGICAL_DNS cluster: name, port, weight.
 pub type DnsName = (String, u16, u32);
 
-/// Compiles the cluster's balancing configuration. `original_dst` clusters accept
-/// `CLUSTER_PROVIDED` (their own balancer picks the destination).
-pub fn lb_config(c: &XdsCluster, path: &str, original_dst: bool) -> Result<LbConfig, ConfigError> {
+/// Compiles the cluster's balancing configuration for a cluster of type `ty`. ORIGINAL_DST
+/// clusters accept `CLUSTER_PROVIDED` (their own balancer picks the destination).
+pub fn lb_config(
+    c: &XdsCluster,
+    path: &str,
+    ty: cluster::DiscoveryType,
+) -> Result<LbConfig, ConfigError> {
+    let original_dst = ty == cluster::DiscoveryType::OriginalDst;
     let common = c.common_lb_config.as_ref();
     let cpath = format!("{path}.common_lb_config");
     let mut cfg = LbConfig {
@@ -53,6 +58,13 @@ pub fn lb_config(c: &XdsCluster, path: &str, original_dst: bool) -> Result<LbCon
                 return Err(ConfigError::new(
                     format!("{cpath}.consistent_hashing_lb_config.hash_balance_factor"),
                     "bounded-load hashing is not supported",
+                ));
+            }
+            // Envoy allows hostname hashing here only for STRICT_DNS clusters.
+            if ch.use_hostname_for_hashing && ty != cluster::DiscoveryType::StrictDns {
+                return Err(ConfigError::new(
+                    format!("{cpath}.consistent_hashing_lb_config.use_hostname_for_hashing"),
+                    format!("cannot be used for a cluster of type {}", ty.as_str_name()),
                 ));
             }
             cfg.use_hostname_for_hashing = ch.use_hostname_for_hashing;

@@ -21,7 +21,7 @@ fn cla(yaml: &str) -> ClusterLoadAssignment {
 }
 
 fn err(yaml: &str) -> ConfigError {
-    lb_config(&cluster(yaml), "c", false).unwrap_err()
+    lb_config(&cluster(yaml), "c", cluster::DiscoveryType::Static).unwrap_err()
 }
 
 #[test]
@@ -32,7 +32,7 @@ fn legacy_policies_compile_with_envoys_defaults() {
     let c = lb_config(
         &cluster("lb_policy: MAGLEV\nmaglev_lb_config: {table_size: 7}"),
         "c",
-        false,
+        cluster::DiscoveryType::Static,
     )
     .unwrap();
     assert_eq!(c.policy, LbPolicy::Maglev(7));
@@ -41,7 +41,7 @@ fn legacy_policies_compile_with_envoys_defaults() {
             "lb_policy: LEAST_REQUEST\nleast_request_lb_config: {choice_count: 3, active_request_bias: {default_value: 0.5, runtime_key: k}}",
         ),
         "c",
-        false,
+        cluster::DiscoveryType::Static,
     )
     .unwrap();
     assert_eq!(
@@ -58,7 +58,7 @@ fn legacy_policies_compile_with_envoys_defaults() {
             "lb_policy: RING_HASH\ncommon_lb_config: {healthy_panic_threshold: {value: 12.5}, locality_weighted_lb_config: {}, consistent_hashing_lb_config: {use_hostname_for_hashing: true}}",
         ),
         "c",
-        false,
+        cluster::DiscoveryType::StrictDns,
     )
     .unwrap();
     // 12.5 rounds to 13, as Envoy's PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT.
@@ -98,6 +98,10 @@ fn unimplemented_settings_are_refused_naming_the_field() {
             "c.round_robin_lb_config.slow_start_config",
         ),
         ("lb_policy: CLUSTER_PROVIDED", "c.lb_policy"),
+        (
+            "lb_policy: RING_HASH\ncommon_lb_config: {consistent_hashing_lb_config: {use_hostname_for_hashing: true}}",
+            "c.common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+        ),
     ] {
         assert_eq!(err(yaml).path, path, "{yaml}");
     }
@@ -122,7 +126,7 @@ fn extension_policies_map_to_the_same_balancers() {
             ", selection_method: FULL_SCAN, locality_lb_config: {locality_weighted_lb_config: {}}",
         )),
         "c",
-        false,
+        cluster::DiscoveryType::Static,
     )
     .unwrap();
     assert!(matches!(
@@ -140,7 +144,7 @@ fn extension_policies_map_to_the_same_balancers() {
             ", minimum_ring_size: 64, consistent_hashing_lb_config: {use_hostname_for_hashing: true}",
         )),
         "c",
-        false,
+        cluster::DiscoveryType::Static,
     )
     .unwrap();
     assert_eq!(
@@ -161,7 +165,7 @@ fn extension_policies_map_to_the_same_balancers() {
             ", consistent_hashing_lb_config: {hash_policy: [{header: {header_name: x}}]}",
         )),
         "c",
-        false,
+        cluster::DiscoveryType::Static,
     )
     .unwrap_err();
     assert_eq!(
@@ -174,7 +178,7 @@ fn extension_policies_map_to_the_same_balancers() {
             "",
         )),
         "c",
-        false,
+        cluster::DiscoveryType::Static,
     )
     .unwrap_err();
     assert_eq!(e.path, "c.load_balancing_policy.policies");
