@@ -248,19 +248,13 @@ async fn route_and_forward(
                 .map(|d| cluster.orig_dst_host(d))
         }
         _ => {
-            let input = || {
-                HashInput::new(
-                    req.headers(),
-                    req.uri(),
-                    req.method(),
-                    ctx.conn.remote,
-                    ctx.conn.local,
-                )
+            let h = if cluster.wants_hash() {
+                let (r, l) = (ctx.conn.remote, ctx.conn.local);
+                let input = HashInput::new(req.headers(), req.uri(), req.method(), r, l);
+                fwd.hash_policy.compute(&input)
+            } else {
+                Default::default()
             };
-            let h = cluster
-                .wants_hash()
-                .then(|| fwd.hash_policy.compute(&input()))
-                .unwrap_or_default();
             set_cookie = h.set_cookie;
             cluster.pick(&PickCtx {
                 hash: h.hash,

@@ -243,3 +243,129 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded membership is replaced whole; a panicking holder leaves it consistent.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::lb::snapshot::{EdsHealth, Locality, Member};
+
+    fn host(port: u16) -> Arc<Host> {
+        Arc::new(Host::new(
+            HostAddr::Tcp(([127, 0, 0, 1], port).into()),
+            Arc::from(""),
+            1,
+        ))
+    }
+
+    fn members(hosts: &[Arc<Host>]) -> Membership {
+        Membership {
+            members: hosts
+                .iter()
+                .map(|h| Member {
+                    host: h.clone(),
+                    weight: 1,
+                    priority: 0,
+                    locality: Arc::new(Locality::default()),
+                    health: EdsHealth::Healthy,
+                    hash_key: None,
+                })
+                .collect(),
+            ..Membership::default()
+        }
+    }
+
+    fn balancer(od: Option<OutlierConfig>, stats: &Stats) -> Arc<Balancer> {
+        Arc::new(Balancer::new(
+            LbConfig::default(),
+            od,
+            stats,
+            "cluster.c.",
+            Arc::new(ArcSwap::from_pointee(HostSet::default())),
+            true,
+        ))
+    }
+
+    fn gauge(stats: &Stats, name: &str) -> i64 {
+        stats
+            .snapshot()
+            .into_iter()
+            .find(|s| s.name == name)
+            .map_or(-1, |s| s.value)
+    }
+
+    #[test]
+    fn an_ejection_republishes_the_snapshot_and_an_update_keeps_the_state() {
+        let stats = Stats::default();
+        let od = OutlierConfig {
+            consecutive_5xx: 2,
+            max_ejection_percent: 100,
+            ..OutlierConfig::default()
+        };
+        let b = balancer(Some(od), &stats);
+        let hosts = [host(1), host(2)];
+        b.set_membership(members(&hosts));
+        assert_eq!(gauge(&stats, "cluster.c.membership_healthy"), 2);
+        assert_eq!(gauge(&stats, "cluster.c.membership_change"), 1);
+        for _ in 0..2 {
+            b.record(&hosts[0], Outcome::Status(503));
+        }
+        assert_eq!(gauge(&stats, "cluster.c.membership_healthy"), 1);
+        for _ in 0..10 {
+            let h = b.pick(&PickCtx::default()).unwrap();
+            assert!(Arc::ptr_eq(&h, &hosts[1]));
+        }
+        // An EDS update with the same hosts keeps the ejection (and counts no change).
+        b.set_membership(members(&hosts));
+        assert_eq!(gauge(&stats, "cluster.c.membership_healthy"), 1);
+        assert_eq!(gauge(&stats, "cluster.c.membership_change"), 1);
+        assert_eq!(gauge(&stats, "cluster.c.max_host_weight"), 1);
+        // A host that left and came back starts clean.
+        b.set_membership(members(&hosts[1..]));
+        b.set_membership(members(&hosts));
+        assert_eq!(gauge(&stats, "cluster.c.membership_healthy"), 2);
+    }
+
+    #[test]
+    fn without_outlier_detection_outcomes_are_ignored() {
+        let stats = Stats::default();
+        let b = balancer(None, &stats);
+        let hosts = [host(1)];
+        b.set_membership(members(&hosts));
+        for _ in 0..10 {
+            b.record(&hosts[0], Outcome::Status(503));
+        }
+        assert!(b.pick(&PickCtx::default()).is_some());
+        assert!(b.outlier().is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_interval_returns_hosts_and_stops_with_the_cluster() {
+        use std::time::Duration;
+        let stats = Stats::default();
+        let od = OutlierConfig {
+            consecutive_5xx: 1,
+            max_ejection_percent: 100,
+            interval: Duration::from_millis(20),
+            base_ejection_time: Duration::from_millis(100),
+            ..OutlierConfig::default()
+        };
+        let b = balancer(Some(od), &stats);
+        let hosts = [host(1), host(2)];
+        b.set_membership(members(&hosts));
+        b.record(&hosts[0], Outcome::Status(500));
+        assert_eq!(gauge(&stats, "cluster.c.membership_healthy"), 1);
+        // Wait (generously) for a tick past the ejection time.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while gauge(&stats, "cluster.c.membership_healthy") != 2 {
+            assert!(Instant::now() < deadline, "the host never returned");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The task holds only a weak reference: dropping the cluster frees the balancer.
+        let weak = Arc::downgrade(&b);
+        drop(b);
+        assert!(
+            weak.upgrade().is_none(),
+            "the interval task keeps the balancer alive"
+        );
+    }
+}

@@ -26,7 +26,12 @@ fn err(yaml: &str) -> ConfigError {
 
 #[test]
 fn legacy_policies_compile_with_envoys_defaults() {
-    let c = lb_config(&cluster("lb_policy: RING_HASH"), "c", false).unwrap();
+    let c = lb_config(
+        &cluster("lb_policy: RING_HASH"),
+        "c",
+        cluster::DiscoveryType::Static,
+    )
+    .unwrap();
     assert_eq!(c.policy, LbPolicy::RingHash(RingHashConfig::default()));
     assert_eq!(c.panic_threshold, 50);
     let c = lb_config(
@@ -155,9 +160,19 @@ fn extension_policies_map_to_the_same_balancers() {
         })
     );
     assert!(c.use_hostname_for_hashing);
-    let c = lb_config(&cluster(&typed(MAGLEV, "")), "c", false).unwrap();
+    let c = lb_config(
+        &cluster(&typed(MAGLEV, "")),
+        "c",
+        cluster::DiscoveryType::Static,
+    )
+    .unwrap();
     assert_eq!(c.policy, LbPolicy::Maglev(65537));
-    let c = lb_config(&cluster(&typed(RANDOM, "")), "c", false).unwrap();
+    let c = lb_config(
+        &cluster(&typed(RANDOM, "")),
+        "c",
+        cluster::DiscoveryType::Static,
+    )
+    .unwrap();
     assert_eq!(c.policy, LbPolicy::Random);
     let e = lb_config(
         &cluster(&typed(
