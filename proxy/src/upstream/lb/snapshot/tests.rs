@@ -459,3 +459,57 @@ fn health_flags_match_envoys_strings() {
     );
     assert_eq!(info(Draining, false).eds_health_status(), "DRAINING");
 }
+
+mod properties {
+    use super::*;
+    use quickcheck::quickcheck;
+
+    fn health(v: u8) -> EdsHealth {
+        match v % 4 {
+            0 => Healthy,
+            1 => Degraded,
+            2 => Unhealthy,
+            _ => Draining,
+        }
+    }
+
+    quickcheck! {
+        /// Whatever the health mix: the load sums to 100 when there are hosts, and a pick
+        /// outside panic mode never returns an unhealthy or draining host.
+        fn picks_respect_health_outside_panic(eps: Vec<(u8, u8, u8)>, policy: u8) -> bool {
+            let eps: Vec<Ep> = eps
+                .iter()
+                .take(12)
+                .enumerate()
+                .map(|(i, (p, h, w))| (1000 + i as u16, (*p % 3) as u32, "", health(*h), *w as u32 % 4 + 1))
+                .collect();
+            let m = membership(&eps, &[]);
+            let c = cfg(match policy % 3 {
+                0 => LbPolicy::RoundRobin,
+                1 => LbPolicy::Random,
+                _ => LbPolicy::RingHash(RingHashConfig::default()),
+            });
+            let set = build(&m, &c);
+            if eps.is_empty() {
+                return set.pick(&c, &PickCtx::default(), &Counter::detached()).is_none();
+            }
+            let l = set.load();
+            let total: u32 = l.healthy.iter().sum::<u32>() + l.degraded.iter().sum::<u32>();
+            if total != 100 {
+                return false;
+            }
+            let any_panic = l.panic.iter().any(|p| *p);
+            (0..50).all(|i| {
+                let ctx = PickCtx { hash: Some(i * 7919), ..PickCtx::default() };
+                match set.pick(&c, &ctx, &Counter::detached()) {
+                    None => true,
+                    Some(h) => {
+                        let idx = set.hosts.iter().position(|x| Arc::ptr_eq(x, h)).unwrap();
+                        let info = &set.info[idx];
+                        any_panic || info.is_healthy() || info.is_degraded()
+                    }
+                }
+            })
+        }
+    }
+}
