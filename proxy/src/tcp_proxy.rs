@@ -9,9 +9,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tracing::debug;
 
 use crate::listener::Accepted;
+use crate::policy::outlier::Outcome;
 use crate::server::Shared;
 use crate::stats::{Counter, Stats};
-use crate::upstream::{Discovery, HostAddr};
+use crate::upstream::{Discovery, HostAddr, PickCtx};
 
 /// Envoy's default tcp_proxy idle timeout.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -86,7 +87,7 @@ impl TcpProxy {
         };
         let host = match &cluster.discovery {
             Discovery::OriginalDst { .. } => conn.orig_dst.map(|d| cluster.orig_dst_host(d)),
-            _ => cluster.pick(),
+            _ => cluster.pick(&PickCtx::default()),
         };
         let Some(host) = host else {
             cluster.stats.upstream_cx_none_healthy.inc();
@@ -119,14 +120,17 @@ impl TcpProxy {
                     .cx_connect_fail
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 cluster.stats.upstream_cx_connect_fail.inc();
+                cluster.record_outcome(&host, Outcome::ConnectFailed);
                 return;
             }
             Err(_) => {
                 cluster.stats.upstream_cx_connect_fail.inc();
                 cluster.stats.upstream_cx_connect_timeout.inc();
+                cluster.record_outcome(&host, Outcome::Timeout);
                 return;
             }
         };
+        cluster.record_outcome(&host, Outcome::ConnectSuccessFinal);
         let _active = crate::stats::GaugeGuard::new(&cluster.stats.upstream_cx_active);
         let _host_cx = crate::upstream::HostCx::new(&host);
         let result = match upstream {

@@ -257,8 +257,8 @@ pub static RULES: &[Rule] = rules! {
             "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite", "host_rewrite_header",
             "upgrade_configs", "cluster_not_found_response_code", "retry_policy", "idle_timeout",
             "max_stream_duration", "priority", "max_grpc_timeout", "grpc_timeout_offset",
-            "request_mirror_policies"],
-        ignored: ["hash_policy", "include_vh_rate_limits", "append_x_forwarded_host"],
+            "request_mirror_policies", "hash_policy"],
+        ignored: ["include_vh_rate_limits", "append_x_forwarded_host"],
     },
     "envoy.config.route.v3.RouteAction.MaxStreamDuration" => {
         supported: ["max_stream_duration"],
@@ -309,12 +309,13 @@ pub static RULES: &[Rule] = rules! {
             "http2_protocol_options", "upstream_bind_config", "original_dst_lb_config",
             "alt_stat_name", "protocol_selection", "least_request_lb_config", "http_protocol_options",
             "eds_cluster_config", "circuit_breakers", "common_http_protocol_options",
-            "max_requests_per_connection"],
+            "max_requests_per_connection", "ring_hash_lb_config", "maglev_lb_config",
+            "round_robin_lb_config", "common_lb_config", "load_balancing_policy",
+            "outlier_detection"],
         ignored: ["respect_dns_ttl", "per_connection_buffer_limit_bytes", "cleanup_interval",
             "metadata", "upstream_connection_options", "close_connections_on_host_health_failure",
             "ignore_health_on_host_removal", "dns_resolvers", "use_tcp_for_dns_lookups",
             "typed_dns_resolver_config", "track_cluster_stats", "wait_for_warm_on_init",
-            "round_robin_lb_config",
             "dns_failure_refresh_rate", "dns_jitter", "track_timeout_budgets"],
     },
     "envoy.config.cluster.v3.Cluster.OriginalDstLbConfig" => {
@@ -322,7 +323,116 @@ pub static RULES: &[Rule] = rules! {
         ignored: ["upstream_port_override", "metadata_key"],
     },
     "envoy.config.cluster.v3.Cluster.LeastRequestLbConfig" => {
-        supported: ["choice_count"],
+        supported: ["choice_count", "active_request_bias"],
+        ignored: [],
+    },
+    // --- load balancing, host health, outlier detection (upstream::lb, policy::outlier) ---
+    "envoy.config.core.v3.RuntimeDouble" => {
+        supported: ["default_value"],
+        // Petrel has no runtime layer, so the default is the value.
+        ignored: ["runtime_key"],
+    },
+    "envoy.config.cluster.v3.Cluster.RoundRobinLbConfig" => { supported: [], ignored: [] },
+    "envoy.config.cluster.v3.Cluster.RingHashLbConfig" => {
+        supported: ["minimum_ring_size", "maximum_ring_size", "hash_function"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.Cluster.MaglevLbConfig" => { supported: ["table_size"], ignored: [] },
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig" => {
+        supported: ["healthy_panic_threshold", "locality_weighted_lb_config",
+            "consistent_hashing_lb_config"],
+        // Update batching and waiting for active health checks (Petrel has none) do not
+        // change which host a request goes to.
+        ignored: ["update_merge_window", "ignore_new_hosts_until_first_hc"],
+    },
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig" => {
+        supported: [],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig" => {
+        supported: ["use_hostname_for_hashing"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.LoadBalancingPolicy" => { supported: ["policies"], ignored: [] },
+    "envoy.config.cluster.v3.LoadBalancingPolicy.Policy" => {
+        supported: ["typed_extension_config"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin" => {
+        supported: ["locality_lb_config"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest" => {
+        supported: ["choice_count", "active_request_bias", "locality_lb_config",
+            "enable_full_scan", "selection_method"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.random.v3.Random" => {
+        supported: ["locality_lb_config"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash" => {
+        supported: ["hash_function", "minimum_ring_size", "maximum_ring_size",
+            "use_hostname_for_hashing", "consistent_hashing_lb_config",
+            "locality_weighted_lb_config"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev" => {
+        supported: ["table_size", "consistent_hashing_lb_config", "locality_weighted_lb_config"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig" => {
+        supported: ["locality_weighted_lb_config"],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.common.v3.LocalityLbConfig.LocalityWeightedLbConfig" => {
+        supported: [],
+        ignored: [],
+    },
+    "envoy.extensions.load_balancing_policies.common.v3.ConsistentHashingLbConfig" => {
+        supported: ["use_hostname_for_hashing"],
+        ignored: [],
+    },
+    "envoy.config.cluster.v3.OutlierDetection" => {
+        supported: ["consecutive_5xx", "interval", "base_ejection_time", "max_ejection_percent",
+            "enforcing_consecutive_5xx", "enforcing_success_rate", "success_rate_minimum_hosts",
+            "success_rate_request_volume", "success_rate_stdev_factor",
+            "consecutive_gateway_failure", "enforcing_consecutive_gateway_failure",
+            "split_external_local_origin_errors", "consecutive_local_origin_failure",
+            "enforcing_consecutive_local_origin_failure", "enforcing_local_origin_success_rate",
+            "failure_percentage_threshold", "enforcing_failure_percentage",
+            "enforcing_failure_percentage_local_origin", "failure_percentage_minimum_hosts",
+            "failure_percentage_request_volume", "max_ejection_time", "max_ejection_time_jitter",
+            "always_eject_one_host"],
+        // Only acts together with active health checking, which Petrel does not run.
+        ignored: ["successful_active_health_check_uneject_host"],
+    },
+    "envoy.config.route.v3.RouteAction.HashPolicy" => {
+        supported: ["header", "cookie", "connection_properties", "query_parameter", "terminal"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header" => {
+        supported: ["header_name", "regex_rewrite"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie" => {
+        supported: ["name", "ttl", "path", "attributes"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute" => {
+        supported: ["name", "value"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties" => {
+        supported: ["source_ip"],
+        ignored: [],
+    },
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter" => {
+        supported: ["name"],
+        ignored: [],
+    },
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy" => {
+        supported: ["overprovisioning_factor", "weighted_priority_health"],
         ignored: [],
     },
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => {
@@ -357,20 +467,23 @@ pub static RULES: &[Rule] = rules! {
         ignored: [],
     },
     "envoy.config.endpoint.v3.ClusterLoadAssignment" => {
-        supported: ["cluster_name", "endpoints"],
-        ignored: ["policy"],
+        supported: ["cluster_name", "endpoints", "policy"],
+        ignored: [],
     },
     "envoy.config.endpoint.v3.LocalityLbEndpoints" => {
-        supported: ["locality", "lb_endpoints", "priority"],
-        ignored: ["load_balancing_weight", "metadata"],
-    },
-    "envoy.config.endpoint.v3.LbEndpoint" => {
-        supported: ["endpoint", "health_status", "load_balancing_weight"],
+        supported: ["locality", "lb_endpoints", "priority", "load_balancing_weight"],
+        // Locality metadata only feeds subset load balancing, which is refused.
         ignored: ["metadata"],
     },
+    "envoy.config.endpoint.v3.LbEndpoint" => {
+        // metadata: `envoy.lb` `hash_key` for consistent hashing; the rest only feeds
+        // subset load balancing and transport socket matching, both refused.
+        supported: ["endpoint", "health_status", "load_balancing_weight", "metadata"],
+        ignored: [],
+    },
     "envoy.config.endpoint.v3.Endpoint" => {
-        supported: ["address"],
-        ignored: ["hostname", "health_check_config", "additional_addresses"],
+        supported: ["address", "hostname"],
+        ignored: ["health_check_config", "additional_addresses"],
     },
     "envoy.config.accesslog.v3.AccessLog" => { supported: ["name", "typed_config"], ignored: [] },
     "envoy.extensions.access_loggers.file.v3.FileAccessLog" => {

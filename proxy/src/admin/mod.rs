@@ -436,29 +436,81 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
     let table = shared.clusters.load();
     let mut names: Vec<_> = table.keys().cloned().collect();
     names.sort();
+    // Last interval's success rate of a host (`-1` when not computed or without outlier
+    // detection), external (`false`) or local origin.
+    let success_rate = |c: &crate::upstream::Cluster, h: &crate::upstream::Host, local: bool| {
+        c.lb.outlier()
+            .and_then(|od| od.monitor(&h.addr))
+            .map_or(-1.0, |m| m.success_rate(local))
+    };
     if q.get("format").map(String::as_str) == Some("json") {
         let statuses: Vec<_> = names
             .iter()
             .map(|n| {
                 let c = &table[n];
-                let hosts: Vec<_> = c
-                    .hosts
-                    .load()
+                let set = c.hosts.load();
+                let hosts: Vec<_> = set
                     .hosts
                     .iter()
-                    .map(|h| {
-                        json!({
+                    .zip(&set.info)
+                    .map(|(h, info)| {
+                        let mut health = json!({"eds_health_status": info.eds_health_status()});
+                        if info.ejected {
+                            health["failed_outlier_check"] = json!(true);
+                        }
+                        let mut locality = serde_json::Map::new();
+                        for (k, v) in [
+                            ("region", &info.locality.region),
+                            ("zone", &info.locality.zone),
+                            ("sub_zone", &info.locality.sub_zone),
+                        ] {
+                            if !v.is_empty() {
+                                locality.insert(k.to_string(), json!(v));
+                            }
+                        }
+                        let mut host = json!({
                             "address": {"socket_address": {"address": h.addr.to_string()}},
                             "stats": h.stats.render(h.active_rq.load(Ordering::Relaxed)).iter()
                                 .map(|(k, v)| json!({"name": k, "value": v}))
                                 .collect::<Vec<_>>(),
-                            "health_status": {"eds_health_status": "HEALTHY"},
-                            "weight": h.weight,
-                            "hostname": &*h.hostname,
-                        })
+                            "health_status": health,
+                            "weight": h.weight(),
+                            "locality": locality,
+                        });
+                        if !h.hostname.is_empty() {
+                            host["hostname"] = json!(&*h.hostname);
+                        }
+                        if info.priority != 0 {
+                            host["priority"] = json!(info.priority);
+                        }
+                        for (field, local) in
+                            [("success_rate", false), ("local_origin_success_rate", true)]
+                        {
+                            let r = success_rate(c, h, local);
+                            if r >= 0.0 {
+                                host[field] = json!({"value": r});
+                            }
+                        }
+                        host
                     })
                     .collect();
-                json!({"name": &**n, "host_statuses": hosts})
+                let mut status = json!({
+                    "name": &**n,
+                    "observability_name": &*c.stat_name,
+                    "host_statuses": hosts,
+                });
+                if let Some(od) = c.lb.outlier() {
+                    for (field, local) in [
+                        ("success_rate_ejection_threshold", false),
+                        ("local_origin_success_rate_ejection_threshold", true),
+                    ] {
+                        let (_, threshold) = od.success_rate_numbers(local);
+                        if threshold > 0.0 {
+                            status[field] = json!({"value": threshold});
+                        }
+                    }
+                }
+                status
             })
             .collect();
         return json_resp(json!({ "cluster_statuses": statuses }));
@@ -466,6 +518,20 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
     let mut out = String::new();
     for n in &names {
         let c = &table[n];
+        out.push_str(&format!("{n}::observability_name::{}\n", c.stat_name));
+        if let Some(od) = c.lb.outlier() {
+            // Envoy prints these with `{:g}`.
+            let (avg, threshold) = od.success_rate_numbers(false);
+            let (lavg, lthreshold) = od.success_rate_numbers(true);
+            for (k, v) in [
+                ("success_rate_average", avg),
+                ("success_rate_ejection_threshold", threshold),
+                ("local_origin_success_rate_average", lavg),
+                ("local_origin_success_rate_ejection_threshold", lthreshold),
+            ] {
+                out.push_str(&format!("{n}::outlier::{k}::{}\n", fmt_g(v)));
+            }
+        }
         for (k, v) in [
             ("max_connections", 1024),
             ("max_pending_requests", 1024),
@@ -475,17 +541,45 @@ fn clusters(shared: &Shared, q: &HashMap<String, String>) -> Resp {
             out.push_str(&format!("{n}::default_priority::{k}::{v}\n"));
         }
         out.push_str(&format!("{n}::added_via_api::false\n"));
-        for h in c.hosts.load().hosts.iter() {
+        let set = c.hosts.load();
+        for (h, info) in set.hosts.iter().zip(&set.info) {
             let a = h.addr.to_string();
             for (k, v) in h.stats.render(h.active_rq.load(Ordering::Relaxed)) {
                 out.push_str(&format!("{n}::{a}::{k}::{v}\n"));
             }
             out.push_str(&format!("{n}::{a}::hostname::{}\n", h.hostname));
-            out.push_str(&format!("{n}::{a}::health_flags::healthy\n"));
-            out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight));
+            out.push_str(&format!(
+                "{n}::{a}::health_flags::{}\n",
+                info.health_flags()
+            ));
+            out.push_str(&format!("{n}::{a}::weight::{}\n", h.weight()));
+            out.push_str(&format!("{n}::{a}::region::{}\n", info.locality.region));
+            out.push_str(&format!("{n}::{a}::zone::{}\n", info.locality.zone));
+            out.push_str(&format!("{n}::{a}::sub_zone::{}\n", info.locality.sub_zone));
+            out.push_str(&format!("{n}::{a}::canary::false\n"));
+            out.push_str(&format!("{n}::{a}::priority::{}\n", info.priority));
+            out.push_str(&format!(
+                "{n}::{a}::success_rate::{}\n",
+                success_rate(c, h, false)
+            ));
+            out.push_str(&format!(
+                "{n}::{a}::local_origin_success_rate::{}\n",
+                success_rate(c, h, true)
+            ));
         }
     }
     text(StatusCode::OK, out)
+}
+
+/// C's `%g` for the values `/clusters` prints: six significant digits, no trailing zeros.
+fn fmt_g(v: f64) -> String {
+    if v == v.trunc() && v.abs() < 1e6 {
+        return format!("{}", v as i64);
+    }
+    let digits = 6 - (v.abs().log10().floor() as i32 + 1);
+    let s = format!("{:.*}", digits.max(0) as usize, v);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
 }
 
 fn listeners(shared: &Shared, q: &HashMap<String, String>) -> Resp {
@@ -520,6 +614,14 @@ mod tests {
             masked,
             json!({"@type": "t", "static_clusters": [{"cluster": {"name": "a"}}]})
         );
+    }
+
+    #[test]
+    fn g_format_as_envoy_prints_success_rates() {
+        assert_eq!(fmt_g(-1.0), "-1");
+        assert_eq!(fmt_g(100.0), "100");
+        assert_eq!(fmt_g(52.5), "52.5");
+        assert_eq!(fmt_g(99.123456789), "99.1235");
     }
 
     #[test]

@@ -1,22 +1,20 @@
 //! `Cluster` → `upstream::Cluster`.
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster as XdsCluster};
-use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
 
 use super::address::{host_addr, HostAddr as CfgAddr};
 use super::{duration, unpack, ConfigError};
+use crate::policy::outlier::OutlierConfig;
 use crate::upstream::dns::{DnsTargets, Family};
-use crate::upstream::{
-    Cluster, ClusterStats, Discovery, Host, HostAddr, HostSet, LbPolicy, UpstreamProtocol,
-};
+use crate::upstream::lb::{self, Balancer};
+use crate::upstream::{Cluster, ClusterStats, Discovery, HostSet, Membership, UpstreamProtocol};
 
 const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
@@ -57,47 +55,12 @@ pub(crate) fn build(
             "must be greater than 0",
         ));
     }
-    let lb = match cluster::LbPolicy::try_from(c.lb_policy) {
-        Ok(cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest {
-            choice_count: c
-                .lb_config
-                .as_ref()
-                .and_then(|cfg| match cfg {
-                    cluster::LbConfig::LeastRequestLbConfig(l) => {
-                        l.choice_count.as_ref().map(|v| v.value)
-                    }
-                    _ => None,
-                })
-                .unwrap_or(2),
-        },
-        Ok(cluster::LbPolicy::Random) => LbPolicy::Random,
-        Ok(cluster::LbPolicy::ClusterProvided)
-            if discovery_type == cluster::DiscoveryType::OriginalDst =>
-        {
-            LbPolicy::RoundRobin
-        }
-        Ok(other) => {
-            return Err(ConfigError::new(
-                format!("{path}.lb_policy"),
-                format!("{} is not supported", other.as_str_name()),
-            ))
-        }
-        Err(_) => {
-            return Err(ConfigError::new(
-                format!("{path}.lb_policy"),
-                format!("unknown value {}", c.lb_policy),
-            ))
-        }
-    };
-    if let Some(cluster::LbConfig::LeastRequestLbConfig(l)) = &c.lb_config {
-        if l.choice_count.as_ref().is_some_and(|v| v.value < 2) {
-            return Err(ConfigError::new(
-                format!("{path}.least_request_lb_config.choice_count"),
-                "must be at least 2",
-            ));
-        }
-    }
+    let lb = lb::config::lb_config(c, path, discovery_type)?;
+    let outlier = c
+        .outlier_detection
+        .as_ref()
+        .map(|o| OutlierConfig::from_proto(o, &format!("{path}.outlier_detection")))
+        .transpose()?;
     let (protocol, header_case, common) = protocol(c, path)?;
     let breaker_cfg = match &c.circuit_breakers {
         Some(cb) => crate::policy::breaker::BreakerConfig::from_proto(
@@ -165,7 +128,7 @@ pub(crate) fn build(
             dns,
             &HostSet::default(),
         )?,
-        None => (Vec::new(), Vec::new()),
+        None => (Membership::default(), Vec::new()),
     };
 
     let family = match cluster::DnsLookupFamily::try_from(c.dns_lookup_family) {
@@ -273,6 +236,19 @@ pub(crate) fn build(
     };
     let cstats = ClusterStats::new(stats, &stat_name);
     let prefix = format!("cluster.{stat_name}.");
+    let hosts = Arc::new(ArcSwap::from_pointee(HostSet::default()));
+    let dynamic = matches!(
+        discovery,
+        Discovery::Eds { .. } | Discovery::StrictDns(_) | Discovery::LogicalDns(_)
+    );
+    let balancer = Arc::new(Balancer::new(
+        lb,
+        outlier,
+        stats,
+        &format!("cluster.{stat_name}."),
+        hosts.clone(),
+        dynamic,
+    ));
     let cluster = Cluster {
         name: Arc::from(c.name.as_str()),
         stat_name,
@@ -280,9 +256,8 @@ pub(crate) fn build(
         connect_timeout,
         protocol,
         header_case,
-        lb,
-        hosts: ArcSwap::from_pointee(HostSet::default()),
-        rr: AtomicUsize::new(rand::random::<u16>() as usize),
+        lb: balancer,
+        hosts,
         bind,
         orig_dst_hosts: DashMap::new(),
         stats: cstats,
@@ -292,7 +267,7 @@ pub(crate) fn build(
         idle_timeout,
         max_requests_per_connection,
     };
-    cluster.set_hosts(static_hosts);
+    cluster.set_membership(static_hosts);
     Ok(cluster)
 }
 
@@ -379,91 +354,16 @@ fn protocol(
     Ok((proto, case, common))
 }
 
-/// Hosts of a `ClusterLoadAssignment` (static `load_assignment` or EDS).
-///
-/// Priorities: the lowest priority level with a healthy host serves (failover without
-/// Envoy's overprovisioning factor, which the policy work adds). Hosts unchanged from
-/// `previous` (same address and weight) are reused, so their pools and counters survive an
-/// EDS update. For DNS clusters the names are returned instead.
-#[allow(clippy::type_complexity)]
+/// Hosts of a `ClusterLoadAssignment` (static `load_assignment` or EDS): every endpoint
+/// with its priority, locality, health and weight, plus `policy.overprovisioning_factor`
+/// (see `upstream::lb::config::membership`). Hosts at an address `previous` has keep their
+/// identity, so their pools, counters and outlier state survive an EDS update. For DNS
+/// clusters the names are returned instead.
 pub(crate) fn assignment_hosts(
     la: &envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
     path: &str,
     dns: bool,
     previous: &HostSet,
-) -> Result<(Vec<Arc<Host>>, Vec<(String, u16, u32)>), ConfigError> {
-    use std::collections::BTreeMap;
-    let mut by_priority: BTreeMap<u32, Vec<Arc<Host>>> = BTreeMap::new();
-    let mut dns_names = Vec::new();
-    for (li, loc) in la.endpoints.iter().enumerate() {
-        let lpath = format!("{path}.endpoints[{li}]");
-        if dns && loc.priority != 0 {
-            return Err(ConfigError::new(
-                format!("{lpath}.priority"),
-                "DNS clusters support only priority 0",
-            ));
-        }
-        for (ei, lbe) in loc.lb_endpoints.iter().enumerate() {
-            let epath = format!("{lpath}.lb_endpoints[{ei}]");
-            let weight = lbe.load_balancing_weight.as_ref().map_or(1, |w| w.value);
-            if weight == 0 {
-                return Err(ConfigError::new(
-                    format!("{epath}.load_balancing_weight"),
-                    "must be at least 1",
-                ));
-            }
-            // Hosts the control plane marks unhealthy or draining take no new requests.
-            let healthy = !matches!(
-                HealthStatus::try_from(lbe.health_status),
-                Ok(HealthStatus::Unhealthy | HealthStatus::Draining | HealthStatus::Timeout)
-            );
-            let endpoint = match &lbe.host_identifier {
-                Some(envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier::Endpoint(e)) => e,
-                _ => return Err(ConfigError::new(format!("{epath}.endpoint"), "missing")),
-            };
-            let apath = format!("{epath}.endpoint.address");
-            let addr = endpoint
-                .address
-                .as_ref()
-                .ok_or_else(|| ConfigError::new(apath.clone(), "missing"))?;
-            let host_addr = match (host_addr(addr, &apath)?, dns) {
-                (CfgAddr::Name(name, port), true) => {
-                    dns_names.push((name, port, weight));
-                    continue;
-                }
-                (CfgAddr::Ip(ip), true) => {
-                    dns_names.push((ip.ip().to_string(), ip.port(), weight));
-                    continue;
-                }
-                (CfgAddr::Name(name, _), false) => {
-                    return Err(ConfigError::new(
-                        format!("{apath}.socket_address.address"),
-                        format!(
-                        "{name:?} is not an IP address (use STRICT_DNS or LOGICAL_DNS for names)"
-                    ),
-                    ))
-                }
-                (CfgAddr::Ip(ip), false) => HostAddr::Tcp(ip),
-                (CfgAddr::Pipe(p), _) => HostAddr::Unix(p),
-            };
-            if !healthy {
-                continue;
-            }
-            let host = previous
-                .hosts
-                .iter()
-                .find(|h| h.addr == host_addr && h.weight == weight)
-                .cloned()
-                .unwrap_or_else(|| {
-                    let name: Arc<str> = Arc::from(host_addr.to_string().as_str());
-                    Arc::new(Host::new(host_addr, name, weight))
-                });
-            by_priority.entry(loc.priority).or_default().push(host);
-        }
-    }
-    let hosts = by_priority
-        .into_values()
-        .find(|h| !h.is_empty())
-        .unwrap_or_default();
-    Ok((hosts, dns_names))
+) -> Result<(Membership, Vec<lb::config::DnsName>), ConfigError> {
+    lb::config::membership(la, path, dns, previous)
 }

@@ -450,6 +450,10 @@ fn forward(
         max_stream_duration,
         priority,
         mirrors,
+        hash_policy: crate::upstream::lb::hash::HashPolicies::compile(
+            &ra.hash_policy,
+            &format!("{path}.hash_policy"),
+        )?,
     })
 }
 

@@ -19,14 +19,15 @@ use super::rewrite::{self, Prepared};
 use super::timers::{Attempt, Fired, Timers};
 use super::ConnCtx;
 use crate::policy::breaker::Permit;
-use crate::policy::outlier::{grpc_to_http_status, Outcome as Health};
+use crate::policy::outlier::{self, Outcome as Health};
 use crate::policy::retry::{Outcome, ResetReason, RetryDecision, RetryState, Timeouts};
 use crate::route::WeightedCluster;
 use crate::route::{ForwardAction, MirrorPolicy, MirrorTarget, Route, RouteTable, VirtualHost};
 use crate::upstream::body::ProxyBody;
+use crate::upstream::lb::hash::HashInput;
 use crate::upstream::pool::{ConnectError, Lease, Sender};
 use crate::upstream::req_body::{Replay, UpstreamBody, DEFAULT_BUFFER_LIMIT};
-use crate::upstream::{Cluster, Discovery, Host, UpstreamProtocol};
+use crate::upstream::{Cluster, Discovery, Host, PickCtx, UpstreamProtocol};
 
 static X_ENVOY_EXPECTED_TIMEOUT: HeaderName =
     HeaderName::from_static("x-envoy-expected-rq-timeout-ms");
@@ -182,6 +183,20 @@ pub(super) async fn forward(
 
     let stats = &cluster.stats;
     let rstats = &cluster.retry_stats;
+    // The route's hash policy, only for consistent-hash balancers (Envoy computes it on
+    // demand); a generated cookie goes back with the response.
+    let hashed = if cluster.wants_hash() {
+        let input = HashInput::new(
+            &parts.headers,
+            &parts.uri,
+            &parts.method,
+            ctx.conn.remote,
+            ctx.conn.local,
+        );
+        fwd.hash_policy.compute(&input)
+    } else {
+        Default::default()
+    };
     // Hosts already tried, for `previous_hosts` (empty without the predicate).
     let mut tried: Vec<Arc<Host>> = Vec::new();
     let mut retries_done = 0u32;
@@ -198,7 +213,12 @@ pub(super) async fn forward(
             .as_ref()
             .filter(|r| r.previous_hosts)
             .map_or(0, |r| r.host_selection_retry_max_attempts);
-        let Some(host) = pick_host(ctx, &cluster, &parts.headers, avoid, max_host_attempts) else {
+        let pick = PickCtx {
+            hash: hashed.hash,
+            avoid,
+            max_host_attempts,
+        };
+        let Some(host) = pick_host(ctx, &cluster, &parts.headers, &pick) else {
             if let Some(l) = log.as_mut() {
                 l.set_upstream(cluster.name.clone(), String::new());
             }
@@ -267,12 +287,13 @@ pub(super) async fn forward(
                         Outcome::Reset(ResetReason::ConnectFailure),
                         Some(Health::ConnectFailed),
                     ),
+                    // Envoy's router reports every reset as a local-origin connect failure.
                     Failure::Reset(e) => (
                         Outcome::Reset(match reset_kind(e) {
                             Reset::Refused => ResetReason::RefusedStream,
                             _ => ResetReason::Other,
                         }),
-                        Some(Health::Reset),
+                        Some(Health::ConnectFailed),
                     ),
                     Failure::Timer(Fired::PerTry | Fired::PerTryIdle | Fired::Global) => {
                         (Outcome::PerTryTimeout, Some(Health::Timeout))
@@ -300,7 +321,7 @@ pub(super) async fn forward(
                     _ => {}
                 }
                 if let Some(h) = health {
-                    cluster.record_outcome(&host, h, std::time::Instant::now());
+                    cluster.record_outcome(&host, h);
                 }
                 // The route timeout and the stream idle timeout end the request outright.
                 let final_timer =
@@ -342,14 +363,10 @@ pub(super) async fn forward(
 
         // Response headers arrived.
         let status = resp.status().as_u16();
-        let grpc_status = t
-            .grpc
-            .then(|| resp.headers().get("grpc-status"))
-            .flatten()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok());
-        let reported = grpc_status.map_or(status, grpc_to_http_status);
-        cluster.record_outcome(&host, Health::Status(reported), std::time::Instant::now());
+        cluster.record_outcome(
+            &host,
+            outlier::response_outcome(resp.status(), resp.headers(), t.grpc),
+        );
         if let Some(rs) = retry.as_ref() {
             let outcome = Outcome::Response {
                 status,
@@ -376,7 +393,7 @@ pub(super) async fn forward(
                 continue;
             }
         }
-        return Ok(pass_through(
+        let (mut resp, up) = pass_through(
             ctx,
             &t,
             &cluster,
@@ -387,7 +404,11 @@ pub(super) async fn forward(
             &attempt,
             upgrade_conn,
             attempts,
-        ));
+        );
+        if let Some(c) = hashed.set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, c);
+        }
+        return Ok((resp, up));
     }
 }
 
@@ -408,6 +429,7 @@ async fn exchange(
             ConnectError::Overflow(_) => Failure::Overflow,
             e => Failure::Connect(e),
         })?;
+    cluster.record_outcome(host, Health::ConnectSuccess);
     let sent = match lease.sender.as_mut() {
         Some(Sender::H1(s)) => s.send_request(req).await,
         Some(Sender::H2(s)) => s.send_request(req).await,
@@ -469,14 +491,13 @@ async fn back_off(rs: &RetryState, retries_done: &mut u32, timers: &mut Timers) 
 }
 
 /// The host for this attempt: ORIGINAL_DST takes the destination from a header or the
-/// connection; other clusters ask their load balancer, avoiding `avoid` for up to
-/// `max_attempts` extra picks (Envoy's host-selection retries).
+/// connection; other clusters ask their load balancer (which avoids `pick.avoid` for up to
+/// `pick.max_host_attempts` extra picks, Envoy's host-selection retries).
 fn pick_host(
     ctx: &ConnCtx,
     cluster: &Cluster,
     headers: &http::HeaderMap,
-    avoid: &[Arc<Host>],
-    max_attempts: u32,
+    pick: &PickCtx<'_>,
 ) -> Option<Arc<Host>> {
     if let Discovery::OriginalDst { header } = &cluster.discovery {
         let from_header = header
@@ -488,14 +509,7 @@ fn pick_host(
             .or(ctx.conn.orig_dst)
             .map(|d| cluster.orig_dst_host(d));
     }
-    let mut host = cluster.pick()?;
-    for _ in 0..max_attempts {
-        if !avoid.iter().any(|a| Arc::ptr_eq(a, &host)) {
-            break;
-        }
-        host = cluster.pick()?;
-    }
-    Some(host)
+    cluster.pick(pick)
 }
 
 /// Per-attempt request headers: the expected timeout, the attempt count, auto host rewrite.
@@ -527,8 +541,10 @@ fn attempt_headers(
             .headers
             .insert(&X_ENVOY_ATTEMPT_COUNT, HeaderValue::from(attempts));
     }
+    // Envoy rewrites only to a non-empty hostname (static endpoints have none unless set).
     if matches!(t.fwd.host_rewrite, crate::route::HostRewrite::Auto)
         && t.weighted.is_none_or(|w| w.host_rewrite.is_none())
+        && !host.hostname.is_empty()
     {
         rewrite::set_authority(parts, prepared, &host.hostname, hcm.suppress_envoy_headers);
     }
@@ -855,7 +871,7 @@ fn spawn_mirror(
             if !replay.wait_complete().await {
                 return;
             }
-            let Some(host) = cluster.pick() else {
+            let Some(host) = cluster.pick(&PickCtx::default()) else {
                 cluster.stats.upstream_cx_none_healthy.inc();
                 return;
             };

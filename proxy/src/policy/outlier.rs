@@ -38,8 +38,12 @@ pub enum Outcome {
     Status(u16),
     /// The connection could not be established.
     ConnectFailed,
-    /// The connection was established (matters only with split errors).
+    /// The connection was established and the exchange continues over it (HTTP: Envoy's
+    /// `LOCAL_ORIGIN_CONNECT_SUCCESS`; matters only with split errors).
     ConnectSuccess,
+    /// The connection was established and that is the whole result (tcp_proxy: Envoy's
+    /// `LOCAL_ORIGIN_CONNECT_SUCCESS_FINAL`, counted as a 200 without split errors).
+    ConnectSuccessFinal,
     /// The request timed out (route or per-try timeout).
     Timeout,
     /// The stream or connection was reset.
@@ -124,6 +128,9 @@ pub struct OutlierDetector<K> {
     /// Serialises ejection decisions (rare: a detector fired, or `tick`).
     decide: Mutex<()>,
     ejections_active: AtomicU64,
+    /// Last interval's (mean, ejection threshold) of the success-rate detector, external and
+    /// local origin; `(-1, -1)` when it did not run (`/clusters`).
+    sr_nums: Mutex<[(f64, f64); 2]>,
     stats: OutlierStats,
 }
 
@@ -136,7 +143,7 @@ struct HostTable<K> {
 
 /// Per-host state. Counters are atomics; ejection bookkeeping sits behind a mutex used only
 /// when ejecting or in `tick`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostMonitor {
     ejected: AtomicBool,
     consecutive_5xx: AtomicU32,
@@ -146,6 +153,8 @@ pub struct HostMonitor {
     external: AtomicU64,
     /// Current interval's local-origin counts: success << 32 | total.
     local: AtomicU64,
+    /// Last interval's success rates (f64 bits; -1 when not computed), external and local.
+    success_rate: [AtomicU64; 2],
     state: Mutex<EjectState>,
 }
 
@@ -172,6 +181,9 @@ struct OutlierStats {
     ejections_success_rate: Counter,
     enforced: [Counter; 7],
     detected: [Counter; 7],
+    /// `ejections_detected_degradation` (`detect_degraded_hosts`, refused at config load, so
+    /// it stays 0; registered because Envoy always lists it).
+    _detected_degradation: Counter,
 }
 
 const SUCCESS: u64 = (1 << 32) | 1;
@@ -234,6 +246,12 @@ impl OutlierConfig {
             Ok(v)
         };
         let int = |v: &Option<UInt32Value>, def: u32| v.map_or(def, |v| v.value);
+        if o.detect_degraded_hosts.is_some_and(|b| b.value) {
+            return Err(ConfigError::new(
+                format!("{path}.detect_degraded_hosts"),
+                "not supported",
+            ));
+        }
         if !o.monitors.is_empty() {
             return Err(ConfigError::new(
                 format!("{path}.monitors"),
@@ -404,6 +422,7 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
             }),
             decide: Mutex::new(()),
             ejections_active: AtomicU64::new(0),
+            sr_nums: Mutex::new([(-1.0, -1.0); 2]),
             stats: OutlierStats::new(stats, &format!("{prefix}outlier_detection.")),
         }
     }
@@ -463,23 +482,31 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
         self.ejections_active.load(Ordering::Relaxed)
     }
 
-    /// Reports a request outcome for `host` (ignored for unknown hosts).
-    pub fn record(&self, host: &K, outcome: Outcome, now: Instant) {
-        if let Some(m) = self.monitor(host) {
-            self.record_on(&m, outcome, now);
+    /// Reports a request outcome for `host` (ignored for unknown hosts). Returns whether a
+    /// host was ejected (the balancer then republishes its healthy set).
+    pub fn record(&self, host: &K, outcome: Outcome, now: Instant) -> bool {
+        match self.monitor(host) {
+            Some(m) => self.record_on(&m, outcome, now),
+            None => false,
         }
     }
 
-    /// Reports a request outcome on a cached monitor.
-    pub fn record_on(&self, m: &Arc<HostMonitor>, outcome: Outcome, now: Instant) {
+    /// Reports a request outcome on a cached monitor; returns whether a host was ejected.
+    /// Without split errors local-origin results count as HTTP codes, as Envoy's
+    /// `putResultNoLocalExternalSplit`: connect failures and resets as 503, timeouts as 504,
+    /// a final connect success as 200, and a connect success followed by an HTTP exchange not
+    /// at all (the exchange reports its own status).
+    pub fn record_on(&self, m: &Arc<HostMonitor>, outcome: Outcome, now: Instant) -> bool {
         let split = self.cfg.split_external_local_origin_errors;
         match (outcome, split) {
             (Outcome::Status(code), _) => self.put_http(m, code, now),
-            (Outcome::ConnectSuccess, false) => {}
-            (Outcome::ConnectSuccess, true) => {
+            (Outcome::ConnectSuccess, false) => false,
+            (Outcome::ConnectSuccessFinal, false) => self.put_http(m, 200, now),
+            (Outcome::ConnectSuccess | Outcome::ConnectSuccessFinal, true) => {
                 m.local.fetch_add(SUCCESS, Ordering::Relaxed);
                 m.consecutive_local_origin_failure
                     .store(0, Ordering::Relaxed);
+                false
             }
             (Outcome::Timeout, false) => self.put_http(m, 504, now),
             (Outcome::ConnectFailed | Outcome::Reset, false) => self.put_http(m, 503, now),
@@ -489,15 +516,15 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                     .consecutive_local_origin_failure
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
-                if n == self.cfg.consecutive_local_origin_failure {
-                    self.on_consecutive(m, EjectionType::ConsecutiveLocalOriginFailure, now);
-                }
+                n == self.cfg.consecutive_local_origin_failure
+                    && self.on_consecutive(m, EjectionType::ConsecutiveLocalOriginFailure, now)
             }
         }
     }
 
-    /// Envoy's `putHttpResponseCode`.
-    fn put_http(&self, m: &Arc<HostMonitor>, code: u16, now: Instant) {
+    /// Envoy's `putHttpResponseCode`; returns whether the host was ejected.
+    fn put_http(&self, m: &Arc<HostMonitor>, code: u16, now: Instant) -> bool {
+        let mut ejected = false;
         if (500..600).contains(&code) {
             m.external.fetch_add(FAILURE, Ordering::Relaxed);
             if matches!(code, 502..=504) {
@@ -506,31 +533,32 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
                 if n == self.cfg.consecutive_gateway_failure {
-                    self.on_consecutive(m, EjectionType::ConsecutiveGatewayFailure, now);
+                    ejected |= self.on_consecutive(m, EjectionType::ConsecutiveGatewayFailure, now);
                 }
             } else {
                 m.consecutive_gateway_failure.store(0, Ordering::Relaxed);
             }
             let n = m.consecutive_5xx.fetch_add(1, Ordering::Relaxed) + 1;
             if n == self.cfg.consecutive_5xx {
-                self.on_consecutive(m, EjectionType::Consecutive5xx, now);
+                ejected |= self.on_consecutive(m, EjectionType::Consecutive5xx, now);
             }
         } else {
             m.external.fetch_add(SUCCESS, Ordering::Relaxed);
             m.consecutive_5xx.store(0, Ordering::Relaxed);
             m.consecutive_gateway_failure.store(0, Ordering::Relaxed);
         }
+        ejected
     }
 
-    /// Envoy's `onConsecutiveErrorWorker`.
-    fn on_consecutive(&self, m: &Arc<HostMonitor>, t: EjectionType, now: Instant) {
+    /// Envoy's `onConsecutiveErrorWorker`; returns whether the host was ejected.
+    fn on_consecutive(&self, m: &Arc<HostMonitor>, t: EjectionType, now: Instant) -> bool {
         let _g = lock(&self.decide);
         if m.ejected.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         self.stats.detected[t.index()].inc();
         let n_hosts = self.hosts.load().order.len();
-        self.eject(m, t, n_hosts, now);
+        let ejected = self.eject(m, t, n_hosts, now);
         match t {
             EjectionType::Consecutive5xx => {
                 self.stats.ejections_consecutive_5xx.inc();
@@ -544,10 +572,11 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                 .store(0, Ordering::Relaxed),
             _ => {}
         }
+        ejected
     }
 
-    /// Envoy's `ejectHost`; the caller holds `decide`.
-    fn eject(&self, m: &Arc<HostMonitor>, t: EjectionType, n_hosts: usize, now: Instant) {
+    /// Envoy's `ejectHost`; the caller holds `decide`. Returns whether the host was ejected.
+    fn eject(&self, m: &Arc<HostMonitor>, t: EjectionType, n_hosts: usize, now: Instant) -> bool {
         let active = self.ejections_active.load(Ordering::Relaxed);
         let ejected_percent = 100.0 * (active + 1) as f64 / n_hosts.max(1) as f64;
         let mut should = ejected_percent <= self.cfg.max_ejection_percent.min(100) as f64;
@@ -556,13 +585,13 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
         }
         if !should {
             self.stats.ejections_overflow.inc();
-            return;
+            return false;
         }
         if matches!(t, EjectionType::Consecutive5xx | EjectionType::SuccessRate) {
             self.stats.ejections_total.inc();
         }
         if !roll(self.cfg.enforcing(t)) {
-            return;
+            return false;
         }
         self.ejections_active.fetch_add(1, Ordering::Relaxed);
         self.stats.ejections_active.inc();
@@ -583,16 +612,22 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
         {
             st.backoff += 1;
         }
+        true
     }
 
     /// The interval timer (Envoy's `onIntervalTimer`): returns hosts whose ejection time
     /// has passed, rolls the success-rate buckets, runs the success-rate and
     /// failure-percentage detectors, and decays the ejection backoff of healthy hosts.
-    pub fn tick(&self, now: Instant) {
+    /// Returns whether any host was ejected or returned to service.
+    pub fn tick(&self, now: Instant) -> bool {
         let _g = lock(&self.decide);
         let table = self.hosts.load();
+        let mut changed = false;
         for (_, m) in &table.order {
             let mut st = lock(&m.state);
+            for r in &m.success_rate {
+                r.store((-1.0f64).to_bits(), Ordering::Relaxed);
+            }
             if m.ejected.load(Ordering::Acquire) {
                 let eject_for = (self.cfg.base_ejection_time * st.backoff)
                     .min(self.cfg.max_ejection_time)
@@ -609,13 +644,14 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                     m.consecutive_local_origin_failure
                         .store(0, Ordering::Relaxed);
                     st.last_unejection = Some(now);
+                    changed = true;
                 }
             }
             st.external_prev = unpack(m.external.swap(0, Ordering::Relaxed));
             st.local_prev = unpack(m.local.swap(0, Ordering::Relaxed));
         }
-        self.success_rate_ejections(&table, false, now);
-        self.success_rate_ejections(&table, true, now);
+        changed |= self.success_rate_ejections(&table, false, now);
+        changed |= self.success_rate_ejections(&table, true, now);
         for (_, m) in &table.order {
             if m.ejected.load(Ordering::Acquire) {
                 continue;
@@ -629,16 +665,25 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                 st.backoff -= 1;
             }
         }
+        changed
     }
 
-    /// Envoy's `processSuccessRateEjections`.
-    fn success_rate_ejections(&self, table: &HostTable<K>, local: bool, now: Instant) {
+    /// Last interval's success-rate average and ejection threshold (`-1` when the detector
+    /// did not run), for `/clusters`.
+    pub fn success_rate_numbers(&self, local: bool) -> (f64, f64) {
+        lock(&self.sr_nums)[local as usize]
+    }
+
+    /// Envoy's `processSuccessRateEjections`; returns whether a host was ejected.
+    fn success_rate_ejections(&self, table: &HostTable<K>, local: bool, now: Instant) -> bool {
         let c = &self.cfg;
         let n = table.order.len() as u64;
+        lock(&self.sr_nums)[local as usize] = (-1.0, -1.0);
         if n < c.success_rate_minimum_hosts as u64 && n < c.failure_percentage_minimum_hosts as u64
         {
-            return;
+            return false;
         }
+        let mut ejected = false;
         let mut sr_hosts = Vec::new();
         let mut fp_hosts = Vec::new();
         let mut sum = 0.0;
@@ -658,6 +703,12 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                 continue;
             }
             let rate = success as f64 * 100.0 / total as f64;
+            if total
+                >= (c.success_rate_request_volume as u64)
+                    .min(c.failure_percentage_request_volume as u64)
+            {
+                m.success_rate[local as usize].store(rate.to_bits(), Ordering::Relaxed);
+            }
             if total >= c.success_rate_request_volume as u64 {
                 sr_hosts.push((m.clone(), rate));
                 sum += rate;
@@ -667,8 +718,9 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
             }
         }
         if !sr_hosts.is_empty() && sr_hosts.len() as u64 >= c.success_rate_minimum_hosts as u64 {
-            let (_, threshold) =
+            let (mean, threshold) =
                 success_rate_threshold(sum, &sr_hosts, c.success_rate_stdev_factor as f64 / 1000.0);
+            lock(&self.sr_nums)[local as usize] = (mean, threshold);
             let t = if local {
                 EjectionType::SuccessRateLocalOrigin
             } else {
@@ -678,7 +730,7 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
                 if *rate < threshold {
                     self.stats.ejections_success_rate.inc();
                     self.stats.detected[t.index()].inc();
-                    self.eject(m, t, table.order.len(), now);
+                    ejected |= self.eject(m, t, table.order.len(), now);
                 }
             }
         }
@@ -693,11 +745,27 @@ impl<K: Eq + Hash + Clone> OutlierDetector<K> {
             for (m, rate) in &fp_hosts {
                 if 100.0 - rate >= c.failure_percentage_threshold as f64 {
                     self.stats.detected[t.index()].inc();
-                    self.eject(m, t, table.order.len(), now);
+                    ejected |= self.eject(m, t, table.order.len(), now);
                 }
             }
         }
+        ejected
     }
+}
+
+/// The outcome the router reports for an upstream response (Envoy's `onUpstreamHeaders`):
+/// the HTTP status, or for a gRPC request whose response headers carry `grpc-status`
+/// (trailers-only), [`grpc_to_http_status`] of it.
+pub fn response_outcome(
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    grpc: bool,
+) -> Outcome {
+    let grpc_status = grpc
+        .then(|| headers.get("grpc-status"))
+        .flatten()
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u32>().ok());
+    Outcome::Status(grpc_status.map_or(status.as_u16(), grpc_to_http_status))
 }
 
 /// Envoy's `Grpc::Utility::grpcToHttpStatus`: for a gRPC response with `grpc-status`, the
@@ -745,6 +813,27 @@ impl HostMonitor {
     pub fn num_ejections(&self) -> u32 {
         lock(&self.state).num_ejections
     }
+
+    /// Last interval's success rate (`-1` when not computed), as `/clusters` shows it.
+    pub fn success_rate(&self, local: bool) -> f64 {
+        f64::from_bits(self.success_rate[local as usize].load(Ordering::Relaxed))
+    }
+}
+
+impl Default for HostMonitor {
+    fn default() -> Self {
+        let minus_one = || AtomicU64::new((-1.0f64).to_bits());
+        HostMonitor {
+            ejected: AtomicBool::new(false),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway_failure: AtomicU32::new(0),
+            consecutive_local_origin_failure: AtomicU32::new(0),
+            external: AtomicU64::new(0),
+            local: AtomicU64::new(0),
+            success_rate: [minus_one(), minus_one()],
+            state: Mutex::new(EjectState::default()),
+        }
+    }
 }
 
 // === impl OutlierStats ===
@@ -764,6 +853,7 @@ impl OutlierStats {
             ejections_success_rate: c("ejections_success_rate"),
             enforced: by_type("enforced"),
             detected: by_type("detected"),
+            _detected_degradation: c("ejections_detected_degradation"),
         }
     }
 }

@@ -287,6 +287,8 @@ pub struct ForwardAction {
     pub priority: crate::policy::breaker::Priority,
     /// `request_mirror_policies`.
     pub mirrors: Vec<MirrorPolicy>,
+    /// `hash_policy`, evaluated for clusters with a consistent-hash balancer.
+    pub hash_policy: crate::upstream::lb::hash::HashPolicies,
 }
 
 /// One `request_mirror_policies` entry: a copy of the request sent to another cluster,

@@ -1,13 +1,18 @@
 //! Load balancing, as Envoy's load balancers.
 //!
-//! - [`pick`]: the forwarding core's ROUND_ROBIN (cumulative-weight cursor), LEAST_REQUEST
-//!   and RANDOM over a [`HostSet`].
+//! - [`LbConfig`]: the compiled `lb_policy` / `load_balancing_policy` with the common LB
+//!   settings (panic threshold, locality weighting, hostname hashing); see [`config`].
+//! - [`HostSet`]: one immutable snapshot of a cluster's priority set (every host with its
+//!   priority, locality and health; per-level healthy/degraded/locality host lists, priority
+//!   load, panic flags, precomputed round-robin cycles and hash tables). Rebuilt only when
+//!   membership or health changes; a pick reads it without locks (see [`snapshot`]).
+//! - [`Balancer`]: owns the snapshot, the membership it was built from and the outlier
+//!   detector, and rebuilds on EDS/DNS updates and ejections (see [`balancer`]).
 //! - [`SmoothWrr`]: Envoy's weighted round robin (EDF scheduler order), precomputed per host
-//!   set so a pick is one atomic increment.
-//! - [`EdfScheduler`]: Envoy's earliest-deadline-first scheduler, for per-worker use and for
-//!   locality picks.
-//! - [`pick_least_request`]: P2C over active requests for equal weights; for unequal weights
-//!   `weight / (active + 1)^active_request_bias`.
+//!   list so a pick is one atomic increment.
+//! - [`EdfScheduler`]: Envoy's earliest-deadline-first scheduler (builds those cycles).
+//! - [`pick_least_request`]: P2C / full scan over active requests for equal weights;
+//!   `weight / (active + 1)^active_request_bias` otherwise.
 //! - [`hash`]: RING_HASH and MAGLEV tables and route `hash_policy` evaluation.
 //! - [`priority`]: priority load with overprovisioning, panic threshold, locality weights.
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,70 +20,66 @@ use std::sync::Arc;
 
 use rand::Rng;
 
-use super::{Host, HostSet};
+use super::Host;
 
+pub mod balancer;
+pub mod config;
 pub mod hash;
 pub mod priority;
+pub mod snapshot;
 
-/// `lb_policy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub use balancer::{Balancer, LbStats};
+pub use snapshot::{EdsHealth, HostInfo, HostSet, Locality, Member, Membership};
+
+/// The balancing algorithm (`lb_policy` or the `load_balancing_policy` extension).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LbPolicy {
-    /// Round robin; weighted by endpoint weight.
+    /// Round robin; Envoy's EDF order when weights differ.
     RoundRobin,
-    /// Power-of-N choices on active requests.
+    /// Least request.
     LeastRequest {
         /// Hosts sampled per pick (Envoy's default 2).
         choice_count: u32,
+        /// `active_request_bias` (1.0).
+        active_request_bias: f64,
+        /// `active_request_bias` was set explicitly: Envoy then uses weighted selection even
+        /// when all weights are equal.
+        bias_explicit: bool,
+        /// `selection_method: FULL_SCAN` (or `enable_full_scan`).
+        full_scan: bool,
     },
-    /// Uniform (or weighted) random.
+    /// Uniform random over the chosen host list (Envoy ignores weights here).
     Random,
+    /// `RING_HASH` with `ring_hash_lb_config`.
+    RingHash(hash::RingHashConfig),
+    /// `MAGLEV` with `table_size`.
+    Maglev(u64),
 }
 
-/// Picks a host from `set`.
-pub fn pick<'a>(policy: &LbPolicy, set: &'a HostSet, rr: &AtomicUsize) -> Option<&'a Arc<Host>> {
-    let n = set.hosts.len();
-    if n <= 1 {
-        return set.hosts.first();
-    }
-    match policy {
-        LbPolicy::RoundRobin if set.uniform => {
-            let i = rr.fetch_add(1, Ordering::Relaxed);
-            Some(&set.hosts[i % n])
-        }
-        LbPolicy::RoundRobin => {
-            // Weighted: walk the cumulative weights with a rotating cursor, which gives each
-            // host its share in every `total_weight` picks.
-            let i = (rr.fetch_add(1, Ordering::Relaxed) as u64) % set.total_weight.max(1);
-            weighted_at(set, i)
-        }
-        LbPolicy::Random => {
-            let v = rand::rng().random_range(0..set.total_weight.max(1));
-            weighted_at(set, v)
-        }
-        LbPolicy::LeastRequest { choice_count } => {
-            let mut rng = rand::rng();
-            let mut best: Option<&Arc<Host>> = None;
-            for _ in 0..(*choice_count).max(1) {
-                let h = &set.hosts[rng.random_range(0..n)];
-                let load = h.active_rq.load(Ordering::Relaxed);
-                if best.is_none_or(|b| load < b.active_rq.load(Ordering::Relaxed)) {
-                    best = Some(h);
-                }
-            }
-            best
-        }
-    }
+/// A cluster's compiled load-balancing configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LbConfig {
+    /// The algorithm.
+    pub policy: LbPolicy,
+    /// `common_lb_config.healthy_panic_threshold`, rounded to an integer percentage as Envoy
+    /// does (`PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT`, default 50, 0 disables).
+    pub panic_threshold: u32,
+    /// `locality_weighted_lb_config` is set.
+    pub locality_weighted: bool,
+    /// `consistent_hashing_lb_config.use_hostname_for_hashing`.
+    pub use_hostname_for_hashing: bool,
 }
 
-fn weighted_at(set: &HostSet, mut v: u64) -> Option<&Arc<Host>> {
-    for h in &set.hosts {
-        let w = h.weight as u64;
-        if v < w {
-            return Some(h);
-        }
-        v -= w;
-    }
-    set.hosts.last()
+/// Inputs of one host pick.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickCtx<'a> {
+    /// Request hash from the route's hash_policy (consistent-hash balancers); `None` → Envoy's
+    /// behaviour without a hash (a random value).
+    pub hash: Option<u64>,
+    /// Hosts this request already tried (retry_host_predicate previous_hosts); empty otherwise.
+    pub avoid: &'a [Arc<Host>],
+    /// host_selection_retry_max_attempts (0 without a predicate).
+    pub max_host_attempts: u32,
 }
 
 /// Longest precomputed weighted round-robin cycle; larger weight sums are scaled down.
@@ -95,11 +96,42 @@ pub struct EdfScheduler {
     queue: Vec<(f64, u64, usize, f64)>,
 }
 
-/// Weighted round robin in Envoy's EDF order, precomputed for one host set: a pick is one
+/// Weighted round robin in Envoy's EDF order, precomputed for one host list: a pick is one
 /// atomic increment, shared by all workers. Equal weights degenerate to plain round robin.
 #[derive(Debug, Clone, Default)]
 pub struct SmoothWrr {
     seq: Arc<[u32]>,
+}
+
+// === impl LbPolicy ===
+
+impl LbPolicy {
+    /// Whether the policy consumes a request hash (RING_HASH, MAGLEV).
+    pub fn is_hash(&self) -> bool {
+        matches!(self, LbPolicy::RingHash(_) | LbPolicy::Maglev(_))
+    }
+}
+
+// === impl LbConfig ===
+
+impl Default for LbConfig {
+    fn default() -> Self {
+        LbConfig {
+            policy: LbPolicy::RoundRobin,
+            panic_threshold: priority::DEFAULT_PANIC_THRESHOLD as u32,
+            locality_weighted: false,
+            use_hostname_for_hashing: false,
+        }
+    }
+}
+
+// === impl PickCtx ===
+
+impl PickCtx<'_> {
+    /// Whether `host` was already tried by this request.
+    pub fn avoids(&self, host: &Arc<Host>) -> bool {
+        self.avoid.iter().any(|h| Arc::ptr_eq(h, host))
+    }
 }
 
 // === impl EdfScheduler ===
@@ -167,9 +199,29 @@ impl SmoothWrr {
         SmoothWrr { seq: seq.into() }
     }
 
-    /// Builds the schedule for a host set's weights.
-    pub fn for_set(set: &HostSet) -> Self {
-        Self::build(&set.hosts.iter().map(|h| h.weight).collect::<Vec<_>>())
+    /// The cycle for real-valued weights (Envoy's effective locality weights): weights are
+    /// scaled so the largest is 10 000 and rounded (at least 1 for a positive weight), which
+    /// keeps four significant digits of every ratio; non-positive weights never run.
+    pub fn build_f64(weights: &[f64]) -> Self {
+        let max = weights
+            .iter()
+            .copied()
+            .filter(|w| w.is_finite())
+            .fold(0.0, f64::max);
+        if max <= 0.0 {
+            return SmoothWrr::default();
+        }
+        let ints: Vec<u32> = weights
+            .iter()
+            .map(|w| {
+                if *w > 0.0 && w.is_finite() {
+                    ((w / max * 10_000.0).round() as u32).max(1)
+                } else {
+                    0
+                }
+            })
+            .collect();
+        Self::build(&ints)
     }
 
     /// The next index for `cursor` (start it at a random value, as Envoy does).
@@ -181,7 +233,7 @@ impl SmoothWrr {
         Some(self.seq[i] as usize)
     }
 
-    /// The cycle (for tests and `/clusters` debugging).
+    /// The cycle (for tests and debugging).
     pub fn cycle(&self) -> &[u32] {
         &self.seq
     }
@@ -195,24 +247,55 @@ fn gcd(a: u32, b: u32) -> u32 {
     }
 }
 
-/// Envoy's LEAST_REQUEST. Equal weights: sample `choice_count` hosts (with replacement) and
-/// keep the one with the fewest active requests (first on ties). Unequal weights: each
-/// host's weight becomes `weight / (active + 1)^active_request_bias` and one host is drawn in
-/// proportion (Envoy runs its EDF scheduler over these weights; the long-run shares are the
-/// same, without a shared mutable scheduler).
+/// Envoy's LEAST_REQUEST over `hosts`.
+///
+/// Equal weights (and no explicit `active_request_bias`): sample `choice_count` hosts (with
+/// replacement) and keep the one with the fewest active requests (the first on ties), or with
+/// `full_scan` the least loaded of all hosts (ties broken uniformly, as Envoy's reservoir
+/// sampling). Otherwise each host's weight becomes `weight / (active + 1)^active_request_bias`
+/// and one host is drawn in proportion (Envoy runs its EDF scheduler over these weights; the
+/// long-run shares are the same, without a shared mutable scheduler).
 pub fn pick_least_request<'a>(
     hosts: &'a [Arc<Host>],
-    choice_count: u32,
-    active_request_bias: f64,
+    policy: &LbPolicy,
     rng: &mut impl Rng,
 ) -> Option<&'a Arc<Host>> {
+    let LbPolicy::LeastRequest {
+        choice_count,
+        active_request_bias,
+        bias_explicit,
+        full_scan,
+    } = *policy
+    else {
+        return hosts.first();
+    };
     let n = hosts.len();
     if n <= 1 {
         return hosts.first();
     }
-    let equal = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
+    let equal = hosts.windows(2).all(|w| w[0].weight() == w[1].weight());
     let active = |h: &Host| h.active_rq.load(Ordering::Relaxed);
-    if equal {
+    if equal && !bias_explicit {
+        if full_scan {
+            let mut best: Option<&Arc<Host>> = None;
+            let mut ties = 0u64;
+            for h in hosts {
+                match best {
+                    Some(b) if active(h) > active(b) => {}
+                    Some(b) if active(h) == active(b) => {
+                        ties += 1;
+                        if rng.random_range(0..ties) == 0 {
+                            best = Some(h);
+                        }
+                    }
+                    _ => {
+                        best = Some(h);
+                        ties = 1;
+                    }
+                }
+            }
+            return best;
+        }
         let mut best: Option<&Arc<Host>> = None;
         for _ in 0..choice_count.max(1) {
             let h = &hosts[rng.random_range(0..n)];
@@ -223,7 +306,7 @@ pub fn pick_least_request<'a>(
         return best;
     }
     let eff = |h: &Host| {
-        let w = h.weight as f64;
+        let w = h.weight() as f64;
         if active_request_bias == 0.0 {
             w
         } else if active_request_bias == 1.0 {
@@ -243,25 +326,8 @@ pub fn pick_least_request<'a>(
     hosts.last()
 }
 
-/// `(hash key, weight)` of each host: the address string (`1.2.3.4:80`), or the hostname
-/// with `use_hostname_for_hashing`.
-pub fn hash_keys(set: &HostSet, use_hostname: bool) -> Vec<(String, u32)> {
-    set.hosts
-        .iter()
-        .map(|h| {
-            // Envoy's `address()->asString()`: `ip:port` (`[v6]:port`) or the pipe path.
-            let key = match &h.addr {
-                _ if use_hostname => h.hostname.to_string(),
-                super::HostAddr::Tcp(a) => a.to_string(),
-                super::HostAddr::Unix(p) => p.display().to_string(),
-            };
-            (key, h.weight)
-        })
-        .collect()
-}
-
-/// A consistent-hashing table over one host set (RING_HASH or MAGLEV), rebuilt when the
-/// host set changes.
+/// A consistent-hashing table over one host list (RING_HASH or MAGLEV), rebuilt with the
+/// snapshot.
 #[derive(Debug, Clone)]
 pub enum HashTable {
     /// `RING_HASH`.
@@ -270,36 +336,30 @@ pub enum HashTable {
     Maglev(hash::Maglev),
 }
 
-/// Which consistent-hashing balancer, with its settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashLb {
-    /// `RING_HASH` with `ring_hash_lb_config`.
-    Ring(hash::RingHashConfig),
-    /// `MAGLEV` with `table_size`.
-    Maglev(u64),
-}
-
 // === impl HashTable ===
 
 impl HashTable {
-    /// Builds the table for `set` (keys per [`hash_keys`]).
-    pub fn build(lb: &HashLb, set: &HostSet, use_hostname: bool) -> Self {
-        let keys = hash_keys(set, use_hostname);
-        let pairs: Vec<(&str, u32)> = keys.iter().map(|(k, w)| (k.as_str(), *w)).collect();
-        match lb {
-            HashLb::Ring(cfg) => HashTable::Ring(hash::Ring::build(&pairs, cfg)),
-            HashLb::Maglev(size) => HashTable::Maglev(hash::Maglev::build(&pairs, *size)),
+    /// Builds the table for `(hash key, normalized weight)` pairs (weights sum to 1, as
+    /// Envoy's `normalizeWeights`); `None` for policies that do not hash.
+    pub fn build(policy: &LbPolicy, keys: &[(&str, f64)]) -> Option<Self> {
+        match policy {
+            LbPolicy::RingHash(cfg) => {
+                Some(HashTable::Ring(hash::Ring::build_normalized(keys, cfg)))
+            }
+            LbPolicy::Maglev(size) => Some(HashTable::Maglev(hash::Maglev::build_normalized(
+                keys, *size,
+            ))),
+            _ => None,
         }
     }
 
-    /// The host for `hash` on host-selection attempt `attempt` (0 first). `set` must be the
-    /// set the table was built from. With no hash (no policy matched) Envoy uses a random one.
-    pub fn pick<'a>(&self, set: &'a HostSet, hash: u64, attempt: u32) -> Option<&'a Arc<Host>> {
-        let i = match self {
+    /// The index (into the pairs the table was built from) for `hash` on host-selection
+    /// attempt `attempt` (0 first).
+    pub fn pick(&self, hash: u64, attempt: u32) -> Option<usize> {
+        match self {
             HashTable::Ring(r) => r.pick(hash, attempt),
             HashTable::Maglev(m) => m.pick(hash, attempt),
-        }?;
-        set.hosts.get(i)
+        }
     }
 }
 
@@ -310,7 +370,7 @@ impl HashTable {
 pub fn pick_with_host_retries<'a>(
     max_attempts: u32,
     mut pick: impl FnMut(u32) -> Option<&'a Arc<Host>>,
-    reject: impl Fn(&Host) -> bool,
+    reject: impl Fn(&Arc<Host>) -> bool,
 ) -> Option<&'a Arc<Host>> {
     let mut host = None;
     for attempt in 0..=max_attempts {

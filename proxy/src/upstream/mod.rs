@@ -1,7 +1,9 @@
 //! Upstream clusters: endpoints, load balancing, connection pools and DNS refresh.
 //!
-//! A `Cluster` is built once per config version and shared by `Arc`; its host set is
-//! swapped atomically when DNS (or, later, EDS) changes it, so requests never wait on a lock.
+//! A `Cluster` is built once per config version and shared by `Arc`; its host set (an
+//! immutable [`HostSet`] snapshot with every priority, locality and health state and the
+//! balancer tables derived from them) is swapped atomically when EDS, DNS or outlier
+//! detection changes it, so requests never wait on a lock.
 pub mod body;
 pub mod dns;
 pub mod lb;
@@ -10,7 +12,7 @@ pub mod req_body;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use dashmap::DashMap;
 
 use crate::stats::{Counter, Gauge, Stats};
 
-pub use lb::LbPolicy;
+pub use lb::{HostSet, LbConfig, LbPolicy, Membership, PickCtx};
 
 /// How a cluster finds its hosts (Envoy's `type`).
 #[derive(Debug, Clone)]
@@ -76,10 +78,11 @@ impl std::fmt::Display for HostAddr {
 pub struct Host {
     /// Address.
     pub addr: HostAddr,
-    /// `hostname` for auto host rewrite (DNS name, or the address).
+    /// `hostname`: the endpoint's `hostname` (may be empty), or the DNS name of a DNS
+    /// cluster's host; auto host rewrite and `use_hostname_for_hashing` use it.
     pub hostname: Arc<str>,
-    /// Load-balancing weight (≥ 1).
-    pub weight: u32,
+    /// Load-balancing weight (≥ 1); EDS updates change it in place, as Envoy.
+    weight: AtomicU32,
     /// Requests in flight (least-request LB, `/clusters`).
     pub active_rq: AtomicU64,
     /// Per-host counters shown by `/clusters`.
@@ -136,17 +139,6 @@ impl Drop for HostCx {
     }
 }
 
-/// The hosts a cluster balances over; replaced as a whole.
-#[derive(Debug, Default)]
-pub struct HostSet {
-    /// Healthy hosts in a stable order.
-    pub hosts: Vec<Arc<Host>>,
-    /// Sum of weights.
-    pub total_weight: u64,
-    /// Whether every host has the same weight (plain round robin).
-    pub uniform: bool,
-}
-
 /// Per-cluster stats handles (Envoy's names under `cluster.<name>.`).
 #[derive(Debug, Clone)]
 pub struct ClusterStats {
@@ -191,12 +183,10 @@ pub struct Cluster {
     pub protocol: UpstreamProtocol,
     /// How HTTP/1 header names are written upstream.
     pub header_case: crate::config::HeaderCase,
-    /// Load balancer.
-    pub lb: LbPolicy,
-    /// Current healthy hosts.
-    pub hosts: ArcSwap<HostSet>,
-    /// Round-robin cursor.
-    pub rr: AtomicUsize,
+    /// Load balancing, health and outlier detection.
+    pub lb: Arc<lb::Balancer>,
+    /// Current hosts (every priority and health state) with the balancer's tables.
+    pub hosts: Arc<ArcSwap<HostSet>>,
     /// `upstream_bind_config.source_address`.
     pub bind: Option<SocketAddr>,
     /// ORIGINAL_DST hosts, created on demand.
@@ -288,26 +278,21 @@ impl Host {
         Host {
             addr,
             hostname,
-            weight: weight.max(1),
+            weight: AtomicU32::new(weight.max(1)),
             active_rq: AtomicU64::new(0),
             stats: HostStats::default(),
             pool: pool::HostPool::default(),
         }
     }
-}
 
-// === impl HostSet ===
+    /// Load-balancing weight (≥ 1).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
 
-impl HostSet {
-    /// Builds a host set, computing the weight summary.
-    pub fn new(hosts: Vec<Arc<Host>>) -> Self {
-        let total_weight = hosts.iter().map(|h| h.weight as u64).sum();
-        let uniform = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-        HostSet {
-            hosts,
-            total_weight,
-            uniform,
-        }
+    /// Sets the weight (EDS updates keep the host and change its weight, as Envoy).
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 }
 
@@ -356,12 +341,16 @@ impl ClusterStats {
 // === impl Cluster ===
 
 impl Cluster {
-    /// Replaces the host set (DNS refresh, EDS) and updates membership gauges.
+    /// Replaces the hosts with `hosts`, all healthy in priority 0 (DNS resolution).
     pub fn set_hosts(&self, hosts: Vec<Arc<Host>>) {
-        let n = hosts.len() as i64;
-        self.hosts.store(Arc::new(HostSet::new(hosts)));
-        self.stats.membership_total.set(n);
-        self.stats.membership_healthy.set(n);
+        self.lb.set_membership(Membership::flat(hosts));
+    }
+
+    /// Replaces the membership (static `load_assignment`, EDS): priorities, localities,
+    /// health and weights. Hosts whose address stays keep their pools, stats and outlier
+    /// state; the next pick sees the new snapshot.
+    pub fn set_membership(&self, m: Membership) {
+        self.lb.set_membership(m);
     }
 
     /// The host for an ORIGINAL_DST request to `dst`, created on first use.
@@ -381,20 +370,21 @@ impl Cluster {
             .clone()
     }
 
-    /// Picks a host with the cluster's load balancer; `None` when no host is available.
-    pub fn pick(&self) -> Option<Arc<Host>> {
-        let set = self.hosts.load();
-        lb::pick(&self.lb, &set, &self.rr).cloned()
+    /// Picks a host with the cluster's load balancer; `None` when no host is available
+    /// (the caller counts `upstream_cx_none_healthy`). Lock-free: one snapshot load.
+    pub fn pick(&self, ctx: &PickCtx<'_>) -> Option<Arc<Host>> {
+        self.lb.pick(ctx)
     }
 
-    /// Reports one request result for `host` to outlier detection. Clusters without
-    /// `outlier_detection` (the only kind the config accepts so far) keep no state.
-    pub fn record_outcome(
-        &self,
-        _host: &Arc<Host>,
-        _outcome: crate::policy::outlier::Outcome,
-        _now: std::time::Instant,
-    ) {
+    /// Whether the balancer uses a request hash (RING_HASH, MAGLEV): only then does the
+    /// router evaluate the route's `hash_policy`, as Envoy computes the hash on demand.
+    pub fn wants_hash(&self) -> bool {
+        self.lb.cfg.policy.is_hash()
+    }
+
+    /// Reports one result for `host` to outlier detection (no-op without it).
+    pub fn record_outcome(&self, host: &Arc<Host>, outcome: crate::policy::outlier::Outcome) {
+        self.lb.record(host, outcome);
     }
 
     /// Number of ORIGINAL_DST hosts currently cached (bounded by cleanup).

@@ -684,8 +684,8 @@ fn checked<M: Message + prost::Name + Default>(r: &xds_client::ads::Resource) ->
 fn set_eds_hosts(cluster: &Cluster, cla: &ClusterLoadAssignment, prev: Option<&HostSet>) {
     let empty = HostSet::default();
     match config::cluster::assignment_hosts(cla, "", false, prev.unwrap_or(&empty)) {
-        Ok((hosts, _)) => {
-            cluster.set_hosts(hosts);
+        Ok((membership, _)) => {
+            cluster.set_membership(membership);
             cluster.stats.update_success.inc();
         }
         Err(e) => warn!(cluster = %cluster.name, "endpoints rejected: {e}"),

@@ -387,3 +387,38 @@ fn grpc_statuses_map_as_envoy() {
     assert_eq!(grpc_to_http_status(4), 504);
     assert_eq!(grpc_to_http_status(99), 500);
 }
+
+#[test]
+fn router_outcomes_map_grpc_status_and_final_connect_success() {
+    let mut h = http::HeaderMap::new();
+    assert_eq!(
+        response_outcome(http::StatusCode::OK, &h, true),
+        Outcome::Status(200)
+    );
+    h.insert("grpc-status", "14".parse().unwrap());
+    assert_eq!(
+        response_outcome(http::StatusCode::OK, &h, true),
+        Outcome::Status(503)
+    );
+    // Only gRPC requests look at grpc-status.
+    assert_eq!(
+        response_outcome(http::StatusCode::OK, &h, false),
+        Outcome::Status(200)
+    );
+    // tcp_proxy's final connect success counts as a 200 and resets the 5xx streak.
+    let (d, _) = detector(
+        OutlierConfig {
+            consecutive_5xx: 2,
+            ..permissive()
+        },
+        2,
+    );
+    let now = Instant::now();
+    assert!(!d.record(&0, Outcome::ConnectFailed, now));
+    assert!(!d.record(&0, Outcome::ConnectSuccessFinal, now));
+    assert!(!d.record(&0, Outcome::ConnectFailed, now));
+    // An HTTP connect success is not a result of its own.
+    assert!(!d.record(&0, Outcome::ConnectSuccess, now));
+    assert!(d.record(&0, Outcome::ConnectFailed, now));
+    assert!(d.is_ejected(&0));
+}

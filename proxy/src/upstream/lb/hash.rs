@@ -38,6 +38,10 @@ pub struct RingHashConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Ring {
     entries: Vec<(u64, u32)>,
+    /// `(ring size, fewest, most points of a host)`: Envoy's `ring_hash_lb.size`,
+    /// `min_hashes_per_host` and `max_hashes_per_host` (the size is `ceil(scale)`, which the
+    /// points may fall one short of).
+    stats: (u64, u64, u64),
 }
 
 /// A Maglev lookup table of host indices.
@@ -65,6 +69,14 @@ pub enum HashKind {
         /// `regex_rewrite` pattern and substitution.
         rewrite: Option<(regex::Regex, String)>,
     },
+    /// `header` naming a pseudo-header (`:authority`, `:path`, `:method`, `:scheme`), which
+    /// Envoy's header map holds like any other header.
+    PseudoHeader {
+        /// Which one.
+        name: Pseudo,
+        /// `regex_rewrite` pattern and substitution.
+        rewrite: Option<(regex::Regex, String)>,
+    },
     /// `cookie`: the cookie's value. Only with `ttl` set is a missing cookie generated
     /// (`Set-Cookie` on the response, as Envoy); otherwise the policy yields no hash.
     Cookie {
@@ -83,6 +95,19 @@ pub enum HashKind {
     QueryParameter(String),
 }
 
+/// A pseudo-header a hash policy can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pseudo {
+    /// `:authority` (the `Host`).
+    Authority,
+    /// `:path` (with query).
+    Path,
+    /// `:method`.
+    Method,
+    /// `:scheme`.
+    Scheme,
+}
+
 /// The request parts hash policies look at.
 #[derive(Debug, Clone, Copy)]
 pub struct HashInput<'a> {
@@ -90,6 +115,12 @@ pub struct HashInput<'a> {
     pub headers: &'a HeaderMap,
     /// `:path` with query.
     pub path: &'a str,
+    /// `:authority` as received.
+    pub authority: &'a str,
+    /// `:method`.
+    pub method: &'a str,
+    /// `:scheme`.
+    pub scheme: &'a str,
     /// Downstream peer address.
     pub remote: Option<SocketAddr>,
     /// Downstream local address (for generated cookies).
@@ -102,7 +133,41 @@ pub struct HashResult {
     /// The hash, if any policy produced one (otherwise Envoy picks at random).
     pub hash: Option<u64>,
     /// A `Set-Cookie` value to add to the response (generated cookie).
-    pub set_cookie: Option<String>,
+    pub set_cookie: Option<http::HeaderValue>,
+}
+
+/// A route's compiled `hash_policy` list, evaluated per request by [`HashPolicies::compute`]
+/// (only for clusters whose balancer hashes, as Envoy computes the hash on demand).
+#[derive(Debug, Clone, Default)]
+pub struct HashPolicies(Vec<HashPolicy>);
+
+// === impl HashInput ===
+
+impl<'a> HashInput<'a> {
+    /// The hash inputs of a request as the router sees it: `:authority` from the URI or the
+    /// `Host` header, `:path` with query, and the downstream connection's addresses.
+    pub fn new(
+        headers: &'a HeaderMap,
+        uri: &'a http::Uri,
+        method: &'a http::Method,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Self {
+        let authority = uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| headers.get(http::header::HOST)?.to_str().ok())
+            .unwrap_or("");
+        HashInput {
+            headers,
+            path: uri.path_and_query().map_or("/", |p| p.as_str()),
+            authority,
+            method: method.as_str(),
+            scheme: uri.scheme_str().unwrap_or("http"),
+            remote: Some(remote),
+            local: Some(local),
+        }
+    }
 }
 
 // === impl RingHashConfig ===
@@ -194,22 +259,36 @@ fn normalize(hosts: &[(&str, u32)]) -> (Vec<f64>, f64, f64) {
 // === impl Ring ===
 
 impl Ring {
-    /// Builds the ring: host `i` gets about `scale × weight_i` points hashed from
-    /// `"<key>_<n>"`, where `scale` gives the lightest host `ceil(min_weight ×
-    /// minimum_ring_size)` points, capped so the ring stays within `maximum_ring_size`.
+    /// Builds the ring from integer weights (normalised to sum 1 first).
     pub fn build(hosts: &[(&str, u32)], cfg: &RingHashConfig) -> Ring {
         let hosts: Vec<(&str, u32)> = hosts.iter().copied().filter(|(_, w)| *w > 0).collect();
         if hosts.is_empty() {
             return Ring::default();
         }
-        let (norm, min_w, _) = normalize(&hosts);
+        let (norm, _, _) = normalize(&hosts);
+        let pairs: Vec<(&str, f64)> = hosts.iter().zip(norm).map(|((k, _), w)| (*k, w)).collect();
+        Self::build_normalized(&pairs, cfg)
+    }
+
+    /// Builds the ring (Envoy's `RingHashLoadBalancer::Ring`): host `i` gets about
+    /// `scale × weight_i` points hashed from `"<key>_<n>"`, where `scale` gives the lightest
+    /// host `ceil(min_weight × minimum_ring_size)` points, capped so the ring stays within
+    /// `maximum_ring_size`. `hosts` carry normalised weights (summing to 1) in Envoy's host
+    /// order; running sums make fractional shares land on the same hosts as Envoy's.
+    pub fn build_normalized(hosts: &[(&str, f64)], cfg: &RingHashConfig) -> Ring {
+        if hosts.is_empty() {
+            return Ring::default();
+        }
+        let min_w = hosts.iter().map(|(_, w)| *w).fold(1.0f64, f64::min);
         let scale =
             ((min_w * cfg.min_ring_size as f64).ceil() / min_w).min(cfg.max_ring_size as f64);
-        let mut entries = Vec::with_capacity(scale.ceil() as usize);
+        let ring_size = scale.ceil() as u64;
+        let mut entries = Vec::with_capacity(ring_size as usize);
         let mut current = 0.0f64;
         let mut target = 0.0f64;
         let mut key = String::new();
-        for (i, ((name, _), w)) in hosts.iter().zip(&norm).enumerate() {
+        let (mut min_per_host, mut max_per_host) = (ring_size, 0u64);
+        for (i, (name, w)) in hosts.iter().enumerate() {
             target += scale * w;
             let mut n = 0u64;
             while current < target {
@@ -221,9 +300,19 @@ impl Ring {
                 n += 1;
                 current += 1.0;
             }
+            min_per_host = min_per_host.min(n);
+            max_per_host = max_per_host.max(n);
         }
         entries.sort_by_key(|e| e.0);
-        Ring { entries }
+        Ring {
+            entries,
+            stats: (ring_size, min_per_host, max_per_host),
+        }
+    }
+
+    /// `(ring size, min hashes per host, max hashes per host)`, as Envoy's gauges.
+    pub fn stats(&self) -> (u64, u64, u64) {
+        self.stats
     }
 
     /// Number of points on the ring.
@@ -282,21 +371,46 @@ impl Ring {
 // === impl Maglev ===
 
 impl Maglev {
-    /// Builds the table: hosts sorted by key; host `h` has offset `xxh64(key, 0) % M` and
-    /// skip `xxh64(key, 1) % (M - 1) + 1`, and fills its preferred free slots in turns
-    /// proportional to its weight (Envoy's `OriginalMaglevTable`).
+    /// Builds the table from integer weights (normalised to sum 1 first).
     pub fn build(hosts: &[(&str, u32)], table_size: u64) -> Maglev {
-        let live: Vec<(usize, &str, u32)> = hosts
+        let live: Vec<(usize, (&str, u32))> = hosts
             .iter()
+            .copied()
             .enumerate()
             .filter(|(_, (_, w))| *w > 0)
+            .collect();
+        if live.is_empty() {
+            return Maglev::default();
+        }
+        let pairs: Vec<(&str, u32)> = live.iter().map(|(_, p)| *p).collect();
+        let (norm, _, _) = normalize(&pairs);
+        let mut weights = vec![0.0; hosts.len()];
+        for ((i, _), w) in live.iter().zip(norm) {
+            weights[*i] = w;
+        }
+        let keyed: Vec<(&str, f64)> = hosts
+            .iter()
+            .zip(weights)
+            .map(|((k, _), w)| (*k, w))
+            .collect();
+        Self::build_normalized(&keyed, table_size)
+    }
+
+    /// Builds the table (Envoy's `OriginalMaglevTable`): hosts sorted by key; host `h` has
+    /// offset `xxh64(key, 0) % M` and skip `xxh64(key, 1) % (M - 1) + 1`, and fills its
+    /// preferred free slots in turns proportional to its normalised weight. Hosts with weight
+    /// 0 get no slot; picks return indices into `hosts`.
+    pub fn build_normalized(hosts: &[(&str, f64)], table_size: u64) -> Maglev {
+        let live: Vec<(usize, &str, f64)> = hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, w))| *w > 0.0)
             .map(|(i, (k, w))| (i, *k, *w))
             .collect();
         if live.is_empty() || table_size < 2 {
             return Maglev::default();
         }
-        let pairs: Vec<(&str, u32)> = live.iter().map(|(_, k, w)| (*k, *w)).collect();
-        let (norm, _, max_w) = normalize(&pairs);
+        let max_w = live.iter().map(|(_, _, w)| *w).fold(0.0, f64::max);
         struct Entry {
             host: u32,
             offset: u64,
@@ -307,8 +421,7 @@ impl Maglev {
         }
         let mut entries: Vec<(&str, Entry)> = live
             .iter()
-            .zip(&norm)
-            .map(|((i, key, _), w)| {
+            .map(|(i, key, w)| {
                 (
                     *key,
                     Entry {
@@ -380,14 +493,14 @@ impl HashPolicy {
     pub fn from_proto(p: &XdsHashPolicy, path: &str) -> Result<Option<Self>, ConfigError> {
         let kind = match &p.policy_specifier {
             Some(PolicySpecifier::Header(h)) => {
-                let name =
-                    http::HeaderName::from_bytes(h.header_name.to_ascii_lowercase().as_bytes())
-                        .map_err(|_| {
-                            ConfigError::new(
-                                format!("{path}.header.header_name"),
-                                "invalid header name",
-                            )
-                        })?;
+                let lower = h.header_name.to_ascii_lowercase();
+                let pseudo = match lower.as_str() {
+                    ":authority" => Some(Pseudo::Authority),
+                    ":path" => Some(Pseudo::Path),
+                    ":method" => Some(Pseudo::Method),
+                    ":scheme" => Some(Pseudo::Scheme),
+                    _ => None,
+                };
                 let rewrite = match &h.regex_rewrite {
                     Some(r) => {
                         let pattern = r.pattern.as_ref().ok_or_else(|| {
@@ -406,7 +519,18 @@ impl HashPolicy {
                     }
                     None => None,
                 };
-                HashKind::Header { name, rewrite }
+                match pseudo {
+                    Some(name) => HashKind::PseudoHeader { name, rewrite },
+                    None => HashKind::Header {
+                        name: http::HeaderName::from_bytes(lower.as_bytes()).map_err(|_| {
+                            ConfigError::new(
+                                format!("{path}.header.header_name"),
+                                "invalid header name",
+                            )
+                        })?,
+                        rewrite,
+                    },
+                }
             }
             Some(PolicySpecifier::Cookie(c)) => {
                 if c.name.is_empty() {
@@ -452,26 +576,45 @@ impl HashPolicy {
         }))
     }
 
-    fn evaluate(&self, req: &HashInput<'_>, set_cookie: &mut Option<String>) -> Option<u64> {
+    fn evaluate(
+        &self,
+        req: &HashInput<'_>,
+        set_cookie: &mut Option<http::HeaderValue>,
+    ) -> Option<u64> {
         match &self.kind {
             HashKind::Header { name, rewrite } => {
-                let mut values: Vec<String> = req
-                    .headers
-                    .get_all(name)
-                    .iter()
-                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                    .collect();
-                if values.is_empty() {
-                    return None;
-                }
-                if let Some((re, sub)) = rewrite {
-                    for v in &mut values {
-                        *v = re.replace_all(v, sub.as_str()).into_owned();
+                let mut values = req.headers.get_all(name).iter().map(|v| v.as_bytes());
+                let first = values.next()?;
+                let second = values.next();
+                match (second, rewrite) {
+                    // The common case hashes the value in place.
+                    (None, None) => Some(xxh64(first, 0)),
+                    _ => {
+                        let all = std::iter::once(first)
+                            .chain(second)
+                            .chain(values)
+                            .map(|v| String::from_utf8_lossy(v).into_owned());
+                        Some(hash_values(all, rewrite.as_ref()))
                     }
                 }
-                // Same hash whatever the order of repeated headers.
-                values.sort();
-                Some(values.iter().fold(0, |seed, v| xxh64(v.as_bytes(), seed)))
+            }
+            HashKind::PseudoHeader { name, rewrite } => {
+                let v = match name {
+                    Pseudo::Authority => req.authority,
+                    Pseudo::Path => req.path,
+                    Pseudo::Method => req.method,
+                    Pseudo::Scheme => req.scheme,
+                };
+                if v.is_empty() {
+                    return None;
+                }
+                match rewrite {
+                    None => Some(xxh64(v.as_bytes(), 0)),
+                    Some(_) => Some(hash_values(
+                        std::iter::once(v.to_string()),
+                        rewrite.as_ref(),
+                    )),
+                }
             }
             HashKind::Cookie {
                 name,
@@ -485,13 +628,21 @@ impl HashPolicy {
                     let (remote, local) = (req.remote?, req.local?);
                     let seed = format!("{remote}{local}");
                     let value = format!("{:016x}", xxh64(seed.as_bytes(), 0));
-                    *set_cookie = Some(set_cookie_value(name, &value, path, ttl, attributes));
+                    *set_cookie = http::HeaderValue::from_str(&set_cookie_value(
+                        name, &value, path, ttl, attributes,
+                    ))
+                    .ok();
                     Some(xxh64(value.as_bytes(), 0))
                 }
             },
             HashKind::SourceIp => {
+                // Envoy hashes `addressAsString()` (no port); format it without allocating.
                 let ip: IpAddr = req.remote?.ip();
-                Some(xxh64(ip.to_string().as_bytes(), 0))
+                let mut buf = [0u8; 64];
+                let mut w = std::io::Cursor::new(&mut buf[..]);
+                std::io::Write::write_fmt(&mut w, format_args!("{ip}")).ok()?;
+                let n = w.position() as usize;
+                Some(xxh64(&buf[..n], 0))
             }
             HashKind::QueryParameter(name) => {
                 let query = req.path.split_once('?')?.1;
@@ -502,6 +653,41 @@ impl HashPolicy {
                 })
             }
         }
+    }
+}
+
+/// Envoy's header hash over several values or rewritten ones: values rewritten, sorted (the
+/// same hash whatever the order of repeated headers), then hashed in sequence.
+fn hash_values(
+    values: impl Iterator<Item = String>,
+    rewrite: Option<&(regex::Regex, String)>,
+) -> u64 {
+    let mut values: Vec<String> = match rewrite {
+        Some((re, sub)) => values
+            .map(|v| re.replace_all(&v, sub.as_str()).into_owned())
+            .collect(),
+        None => values.collect(),
+    };
+    values.sort();
+    values.iter().fold(0, |seed, v| xxh64(v.as_bytes(), seed))
+}
+
+// === impl HashPolicies ===
+
+impl HashPolicies {
+    /// Compiles a route's `hash_policy` list; errors name the entry's path.
+    pub fn compile(policies: &[XdsHashPolicy], path: &str) -> Result<Self, ConfigError> {
+        compile_hash_policies(policies, path).map(HashPolicies)
+    }
+
+    /// Whether the route hashes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The request's hash (and a cookie to set), as Envoy's `generateHash`.
+    pub fn compute(&self, req: &HashInput<'_>) -> HashResult {
+        compute_hash(&self.0, req)
     }
 }
 
@@ -536,7 +722,7 @@ pub fn compute_hash(policies: &[HashPolicy], req: &HashInput<'_>) -> HashResult 
 }
 
 /// The first value of cookie `name` in the `cookie` headers, without surrounding quotes.
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for h in headers.get_all(http::header::COOKIE) {
         let Ok(s) = h.to_str() else { continue };
         for part in s.split(';') {
@@ -547,7 +733,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
                         .strip_prefix('"')
                         .and_then(|v| v.strip_suffix('"'))
                         .unwrap_or(v);
-                    return Some(v.to_string());
+                    return Some(v);
                 }
             }
         }

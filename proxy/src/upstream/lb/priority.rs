@@ -13,15 +13,16 @@ pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
 /// `healthy_panic_threshold` default (%).
 pub const DEFAULT_PANIC_THRESHOLD: f64 = 50.0;
 
-/// Host counts of one priority level (or locality).
+/// Host counts (or, with `weighted_priority_health`, weight sums) of one priority level or
+/// locality. `total` leaves out excluded (draining) hosts, as Envoy's `hosts - excluded`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LevelHealth {
-    /// All hosts.
-    pub total: u32,
+    /// All hosts but excluded ones.
+    pub total: u64,
     /// Healthy hosts.
-    pub healthy: u32,
+    pub healthy: u64,
     /// Degraded hosts.
-    pub degraded: u32,
+    pub degraded: u64,
 }
 
 /// Load per priority, in percent (healthy and degraded together sum to 100), and which
@@ -45,18 +46,19 @@ pub enum Availability {
     Degraded,
 }
 
-/// Compiles `common_lb_config.healthy_panic_threshold` (0–100, default 50; 0 disables).
-pub fn panic_threshold(c: Option<&CommonLbConfig>, path: &str) -> Result<f64, ConfigError> {
+/// Compiles `common_lb_config.healthy_panic_threshold` (0–100, default 50; 0 disables),
+/// rounded to an integer percentage as Envoy's `PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT`.
+pub fn panic_threshold(c: Option<&CommonLbConfig>, path: &str) -> Result<u32, ConfigError> {
     let v = c
         .and_then(|c| c.healthy_panic_threshold)
         .map_or(DEFAULT_PANIC_THRESHOLD, |p| p.value);
     if !(0.0..=100.0).contains(&v) {
         return Err(ConfigError::new(
-            format!("{path}.healthy_panic_threshold"),
+            format!("{path}.healthy_panic_threshold.value"),
             "must be between 0 and 100",
         ));
     }
-    Ok(v)
+    Ok(v.round() as u32)
 }
 
 /// Envoy's priority load: each level's availability is `min(100, factor × healthy /
@@ -69,6 +71,22 @@ pub fn priority_load(
     overprovisioning: u32,
     panic_threshold: f64,
 ) -> PriorityLoad {
+    let all: Vec<u64> = levels.iter().map(|l| l.total).collect();
+    priority_load_full(levels, levels, &all, overprovisioning, panic_threshold)
+}
+
+/// [`priority_load`] with Envoy's three separate inputs: `avail` feeds the availability
+/// (host counts, or weight sums with `weighted_priority_health`), `counts` the per-level
+/// panic check (always host counts without excluded hosts), and `all_hosts` the total-panic
+/// split (every host of the level, excluded ones included, as `hosts().size()`).
+pub fn priority_load_full(
+    avail_levels: &[LevelHealth],
+    counts: &[LevelHealth],
+    all_hosts: &[u64],
+    overprovisioning: u32,
+    panic_threshold: f64,
+) -> PriorityLoad {
+    let levels = avail_levels;
     let n = levels.len();
     let mut load = PriorityLoad {
         healthy: vec![0; n],
@@ -78,11 +96,11 @@ pub fn priority_load(
     if n == 0 {
         return load;
     }
-    let avail = |x: u32, total: u32| {
+    let avail = |x: u64, total: u64| {
         if total == 0 {
             0
         } else {
-            (100u64.min(overprovisioning as u64 * x as u64 / total as u64)) as u32
+            (100u128.min(overprovisioning as u128 * x as u128 / total as u128)) as u32
         }
     };
     let health: Vec<u32> = levels.iter().map(|l| avail(l.healthy, l.total)).collect();
@@ -104,21 +122,25 @@ pub fn priority_load(
         load.healthy[0] = 100;
         return load;
     }
-    for (i, l) in levels.iter().enumerate() {
+    for (i, l) in counts.iter().enumerate().take(n) {
         load.panic[i] = normalized_total != 100 && in_panic(l, panic_threshold);
     }
     if load.panic.iter().all(|p| *p) {
-        let total_hosts: u64 = levels.iter().map(|l| l.total as u64).sum();
+        let total_hosts: u64 = all_hosts.iter().sum();
         if total_hosts == 0 {
+            // Envoy: the backend is empty, but load must go somewhere.
+            load.healthy = vec![0; n];
+            load.degraded = vec![0; n];
+            load.healthy[0] = 100;
             return load;
         }
         let mut rest = 100u32;
         let mut first = None;
-        for (i, l) in levels.iter().enumerate() {
-            if first.is_none() && l.total != 0 {
+        for (i, &hosts) in all_hosts.iter().enumerate().take(n) {
+            if first.is_none() && hosts != 0 {
                 first = Some(i);
             }
-            let share = (100 * l.total as u64 / total_hosts) as u32;
+            let share = (100 * hosts / total_hosts) as u32;
             load.healthy[i] = share;
             load.degraded[i] = 0;
             rest -= share;
@@ -180,7 +202,9 @@ pub fn choose_priority(load: &PriorityLoad, random: u64) -> (usize, Availability
     (0, Availability::Healthy)
 }
 
-/// Envoy's effective locality weight: `weight × min(1, factor/100 × healthy / total)`.
+/// Envoy's effective locality weight: `weight × min(1, factor/100 × eligible / total)`
+/// (`healthy` holds the eligible hosts: healthy ones, or degraded ones for the degraded
+/// schedule).
 pub fn locality_effective_weight(weight: u32, l: &LevelHealth, overprovisioning: u32) -> f64 {
     if l.total == 0 {
         return 0.0;

@@ -14,55 +14,66 @@ fn set(weights: &[u32]) -> HostSet {
     )
 }
 
-#[test]
-fn round_robin_visits_hosts_in_turn() {
-    let s = set(&[1, 1, 1]);
-    let rr = AtomicUsize::new(0);
-    let picks: Vec<_> = (0..6)
-        .map(|_| {
-            pick(&LbPolicy::RoundRobin, &s, &rr)
-                .unwrap()
-                .addr
-                .to_string()
-        })
-        .collect();
-    assert_eq!(picks[0..3], picks[3..6]);
-    assert_ne!(picks[0], picks[1]);
-}
-
-#[test]
-fn weighted_round_robin_respects_weights() {
-    let s = set(&[3, 1]);
-    let rr = AtomicUsize::new(0);
-    let first = s.hosts[0].addr.clone();
-    let n = (0..400)
-        .filter(|_| pick(&LbPolicy::RoundRobin, &s, &rr).unwrap().addr == first)
-        .count();
-    assert_eq!(n, 300);
+fn lr(choice_count: u32, bias: f64, explicit: bool, full_scan: bool) -> LbPolicy {
+    LbPolicy::LeastRequest {
+        choice_count,
+        active_request_bias: bias,
+        bias_explicit: explicit,
+        full_scan,
+    }
 }
 
 #[test]
 fn least_request_prefers_idle_host() {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
     let s = set(&[1, 1]);
     s.hosts[0].active_rq.store(100, Ordering::Relaxed);
-    let rr = AtomicUsize::new(0);
+    let mut rng = StdRng::seed_from_u64(1);
     // With 2 choices out of 2 hosts, the idle host wins unless both samples hit the busy
-    // one (probability 1/4 per pick); over many picks it must dominate.
+    // one (probability 1/4 per pick): 750 expected of 1000, σ ≈ 13.7.
     let idle = (0..1000)
         .filter(|_| {
-            pick(&LbPolicy::LeastRequest { choice_count: 2 }, &s, &rr)
+            pick_least_request(&s.hosts, &lr(2, 1.0, false, false), &mut rng)
                 .unwrap()
                 .addr
                 == s.hosts[1].addr
         })
         .count();
-    assert!(idle > 650, "idle host picked {idle}/1000");
+    assert!((650..=850).contains(&idle), "idle host picked {idle}/1000");
+    // A full scan always finds it.
+    for _ in 0..100 {
+        let h = pick_least_request(&s.hosts, &lr(2, 1.0, false, true), &mut rng).unwrap();
+        assert_eq!(h.addr, s.hosts[1].addr);
+    }
 }
 
 #[test]
-fn empty_set_has_no_pick() {
+fn full_scan_breaks_ties_uniformly() {
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    let s = set(&[1, 1, 1, 1]);
+    s.hosts[3].active_rq.store(5, Ordering::Relaxed);
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut counts = [0usize; 4];
+    for _ in 0..3000 {
+        let h = pick_least_request(&s.hosts, &lr(2, 1.0, false, true), &mut rng).unwrap();
+        let i = s.hosts.iter().position(|x| Arc::ptr_eq(x, h)).unwrap();
+        counts[i] += 1;
+    }
+    // 1000 expected each of the three idle hosts (σ ≈ 26); never the busy one.
+    assert_eq!(counts[3], 0);
+    assert!(
+        counts[..3].iter().all(|c| (850..=1150).contains(c)),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn empty_list_has_no_pick() {
     let s = set(&[]);
-    assert!(pick(&LbPolicy::RoundRobin, &s, &AtomicUsize::new(0)).is_none());
+    let mut rng = rand::rng();
+    assert!(pick_least_request(&s.hosts, &lr(2, 1.0, false, false), &mut rng).is_none());
 }
 
 mod smooth {
@@ -99,8 +110,7 @@ mod smooth {
 
     #[test]
     fn smooth_wrr_picks_through_a_shared_cursor() {
-        let s = set(&[1, 3]);
-        let wrr = SmoothWrr::for_set(&s);
+        let wrr = SmoothWrr::build(&[1, 3]);
         let rr = AtomicUsize::new(0);
         let heavy = (0..400).filter(|_| wrr.pick(&rr) == Some(1)).count();
         assert_eq!(heavy, 300);
@@ -115,7 +125,10 @@ mod smooth {
         let heavy = |rng: &mut StdRng| {
             (0..n)
                 .filter(|_| {
-                    pick_least_request(&s.hosts, 2, 1.0, rng).unwrap().addr == s.hosts[0].addr
+                    pick_least_request(&s.hosts, &lr(2, 1.0, false, false), rng)
+                        .unwrap()
+                        .addr
+                        == s.hosts[0].addr
                 })
                 .count() as f64
                 / n as f64
@@ -128,11 +141,42 @@ mod smooth {
         // Bias 0 ignores the load.
         let zero = (0..n)
             .filter(|_| {
-                pick_least_request(&s.hosts, 2, 0.0, &mut rng).unwrap().addr == s.hosts[0].addr
+                pick_least_request(&s.hosts, &lr(2, 0.0, true, false), &mut rng)
+                    .unwrap()
+                    .addr
+                    == s.hosts[0].addr
             })
             .count() as f64
             / n as f64;
         assert!((zero - 2.0 / 3.0).abs() < 0.02);
+    }
+
+    #[test]
+    fn explicit_bias_weighs_equal_hosts_by_load() {
+        // Envoy uses weighted selection when active_request_bias is set, even for equal
+        // weights: 1/(3+1) vs 1/1 → the busy host gets 1/5.
+        let s = set(&[1, 1]);
+        s.hosts[0].active_rq.store(3, Ordering::Relaxed);
+        let mut rng = StdRng::seed_from_u64(3);
+        let n = 20_000;
+        let busy = (0..n)
+            .filter(|_| {
+                pick_least_request(&s.hosts, &lr(2, 1.0, true, false), &mut rng)
+                    .unwrap()
+                    .addr
+                    == s.hosts[0].addr
+            })
+            .count() as f64
+            / n as f64;
+        assert!((busy - 0.2).abs() < 0.02, "{busy}");
+    }
+
+    #[test]
+    fn real_valued_weights_keep_their_ratio() {
+        let c = SmoothWrr::build_f64(&[0.7, 1.0, 0.0]);
+        assert_eq!(c.cycle().len(), 17);
+        assert_eq!(c.cycle().iter().filter(|i| **i == 0).count(), 7);
+        assert!(SmoothWrr::build_f64(&[0.0, 0.0]).cycle().is_empty());
     }
 }
 
@@ -140,7 +184,7 @@ mod priorities {
     use super::*;
     use crate::upstream::lb::priority::*;
 
-    fn lvl(total: u32, healthy: u32) -> LevelHealth {
+    fn lvl(total: u64, healthy: u64) -> LevelHealth {
         LevelHealth {
             total,
             healthy,
@@ -230,22 +274,27 @@ mod tables {
     use super::*;
 
     #[test]
-    fn hash_table_picks_hosts_of_the_set() {
-        let s = set(&[1, 1, 1]);
-        for lb in [
-            HashLb::Ring(hash::RingHashConfig::default()),
-            HashLb::Maglev(hash::DEFAULT_MAGLEV_TABLE_SIZE),
+    fn hash_table_picks_hosts_of_the_list() {
+        let keys = [
+            ("127.0.0.1:1000", 1.0 / 3.0),
+            ("127.0.0.1:1001", 1.0 / 3.0),
+            ("127.0.0.1:1002", 1.0 / 3.0),
+        ];
+        for policy in [
+            LbPolicy::RingHash(hash::RingHashConfig::default()),
+            LbPolicy::Maglev(hash::DEFAULT_MAGLEV_TABLE_SIZE),
         ] {
-            let t = HashTable::build(&lb, &s, false);
-            let a = t.pick(&s, 42, 0).unwrap().addr.clone();
+            let t = HashTable::build(&policy, &keys).unwrap();
+            let a = t.pick(42, 0).unwrap();
+            assert!(a < 3);
             // Same hash, same host.
-            assert_eq!(t.pick(&s, 42, 0).unwrap().addr, a);
-            let empty = set(&[]);
-            assert!(HashTable::build(&lb, &empty, false)
-                .pick(&empty, 42, 0)
+            assert_eq!(t.pick(42, 0), Some(a));
+            assert!(HashTable::build(&policy, &[])
+                .unwrap()
+                .pick(42, 0)
                 .is_none());
         }
-        assert_eq!(hash_keys(&s, false)[0].0, "127.0.0.1:1000");
+        assert!(HashTable::build(&LbPolicy::Random, &keys).is_none());
     }
 
     #[test]

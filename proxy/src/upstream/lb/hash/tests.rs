@@ -193,6 +193,9 @@ mod policies {
         HashInput {
             headers: h,
             path,
+            authority: "example.com",
+            method: "GET",
+            scheme: "http",
             remote: Some("10.1.2.3:5555".parse().unwrap()),
             local: Some("10.0.0.1:80".parse().unwrap()),
         }
