@@ -295,6 +295,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some((m, _)) = &mesh {
+        // Connections to the capture addresses the mesh DNS hands out route by service name.
+        let routes = crate::listener::CaptureRoutes::new(m.names.clone(), stats.clone());
+        let _ = shared.capture.set(routes);
+    }
     // Lifecycle state; the `server.state` stat is derived from it (and from
     // /healthcheck/fail) when read.
     let state = crate::stats::Gauge::detached();
