@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use petrel_e2e::proxy::render;
-use petrel_e2e::vm::{self, curl_as, DnsServer, HttpServer, ResolvConf, Topology, PROXY_USER};
+use petrel_e2e::vm::{
+    self, curl_as, tcp_line_as, DnsServer, HttpServer, ResolvConf, TcpLineServer, Topology,
+    PROXY_USER,
+};
 use petrel_e2e::{differential, Observations, Proxy, ProxyKind, Stats};
 use tracing::info;
 
@@ -379,6 +382,16 @@ spec:
 /// [`PROXY_USER`] with the capabilities capture needs) and `-u uid`, with the mesh DNS on
 /// 127.0.0.1:15053 and the topology's private state file.
 async fn start_vm_proxy(topo: &Topology, uid: u32, ports: AppPorts) -> anyhow::Result<Proxy> {
+    start_vm_proxy_with(topo, VM_BOOTSTRAP, uid, ports).await
+}
+
+/// [`start_vm_proxy`] with another bootstrap (`{{admin_ip}}` and `{{svc_ip}}` filled in).
+async fn start_vm_proxy_with(
+    topo: &Topology,
+    bootstrap: &str,
+    uid: u32,
+    ports: AppPorts,
+) -> anyhow::Result<Proxy> {
     let state = topo.state_file();
     let spec = topo.state_dir().join("spec.yaml").display().to_string();
     let uid = uid.to_string();
@@ -419,7 +432,7 @@ async fn start_vm_proxy(topo: &Topology, uid: u32, ports: AppPorts) -> anyhow::R
         ]
     };
     let yaml = render(
-        VM_BOOTSTRAP,
+        bootstrap,
         &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &topo.svc.ip())],
     );
     Proxy::start_in(
@@ -901,5 +914,242 @@ async fn dns_edge_scenario() -> anyhow::Result<()> {
         .admin()
         .wait_for_stat("dns.upstream_failures", |v| v >= 1)
         .await?;
+    Ok(())
+}
+
+/// The VM of [`vm_capture_routes_raw_tcp_by_capture_address`]: Istio-shaped outbound config
+/// where TCP services have no listener for the capture addresses Petrel allocates (the control
+/// plane never saw them): `db` (5432) and `mq` (9080, shared with the HTTP service `reviews`)
+/// only have clusters; `cache` (7000) has a listener at its real VIP, which nothing on the
+/// VM's network serves.
+const VM_TCP_BOOTSTRAP: &str = r#"
+admin:
+  address: {socket_address: {address: "{{admin_ip}}", port_value: {{admin_port}}}}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
+    use_original_dst: true
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: PassthroughCluster
+          cluster: PassthroughCluster
+  - name: 0.0.0.0_9080
+    address: {socket_address: {address: 0.0.0.0, port_value: 9080}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound_0.0.0.0_9080
+          route_config:
+            response_headers_to_add: [{header: {key: x-via, value: outbound-9080}}]
+            virtual_hosts:
+            - name: reviews
+              domains: ["reviews.default.svc.cluster.local:9080"]
+              routes: [{match: {prefix: "/"}, route: {cluster: "outbound|9080||reviews.default.svc.cluster.local"}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: 10.96.0.20_7000
+    address: {socket_address: {address: 10.96.0.20, port_value: 7000}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: "outbound|7000||cache.default.svc.cluster.local"
+          cluster: "outbound|7000||cache.default.svc.cluster.local"
+  clusters:
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+  - name: "outbound|9080||reviews.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|9080||reviews.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9080}}}}]}]
+  - name: "outbound|5432||db.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|5432||db.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 5432}}}}]}]
+  - name: "outbound|7000||cache.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|7000||cache.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 7000}}}}]}]
+  - name: "outbound|9080||mq.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|9080||mq.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9082}}}}]}]
+"#;
+
+/// Issue 5: "the outbound listener maps a capture address back to the service it was
+/// allocated for". Unmodified raw-TCP clients (a Python script, no HTTP) resolve mesh names
+/// through the mesh DNS and connect to capture addresses no listener was written for; Petrel
+/// routes each to its service: `db` to its `outbound|5432||db...` cluster, `cache` through the
+/// listener of its real VIP, `mq` to its cluster although port 9080 has an HTTP listener (which
+/// still routes `reviews` by Host). A port of a service with no cluster falls to the catch-all.
+#[tokio::test]
+async fn vm_capture_routes_raw_tcp_by_capture_address() {
+    petrel_e2e::trace_init();
+    if let Err(e) = tcp_by_name_scenario().await {
+        for tail in petrel_e2e::proxy::take_recent_logs() {
+            eprintln!("{tail}");
+        }
+        panic!("{e:#}");
+    }
+}
+
+async fn tcp_by_name_scenario() -> anyhow::Result<()> {
+    let topo = match Topology::create() {
+        Ok(t) => t?,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+    if let Err(why) = ProxyKind::Petrel.binary() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let (vm_ns, svc_ns) = (topo.app.name(), topo.svc.name());
+    let (vm_ip, svc_ip) = (topo.app_ip().to_string(), topo.svc.ip());
+    let world = VmWorld::start(&topo).await?;
+    let db = TcpLineServer::start(svc_ns, "db", svc_ip, 5432).await?;
+    let cache = TcpLineServer::start(svc_ns, "cache", svc_ip, 7000).await?;
+    let mq = TcpLineServer::start(svc_ns, "mq", svc_ip, 9082).await?;
+    let proxy = start_vm_proxy_with(&topo, VM_TCP_BOOTSTRAP, 0, AppPorts::Flag).await?;
+    let admin = proxy.admin();
+
+    info!("db: no listener for its capture address or port → tcp_proxy to outbound|5432||db");
+    let r = tcp_line_as(vm_ns, "db.default.svc.cluster.local", 5432, "hello-db").await?;
+    info!(?r, "db");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply == format!("db hello-db {vm_ip}"),
+        "db: {r:?}"
+    );
+    anyhow::ensure!(
+        db.seen() == [(vm_ip.clone(), "hello-db".to_owned())],
+        "db saw {:?}",
+        db.seen()
+    );
+    for name in [
+        "tcp.outbound|5432||db.default.svc.cluster.local.downstream_cx_total",
+        "cluster.outbound|5432||db.default.svc.cluster.local.upstream_cx_total",
+    ] {
+        admin.wait_for_stat_eq(name, 1).await?;
+    }
+
+    info!("the short name through the search domains reaches the same service");
+    let r = tcp_line_as(vm_ns, "db", 5432, "short").await?;
+    anyhow::ensure!(r.reply == format!("db short {vm_ip}"), "db (short): {r:?}");
+    admin
+        .wait_for_stat_eq(
+            "cluster.outbound|5432||db.default.svc.cluster.local.upstream_cx_total",
+            2,
+        )
+        .await?;
+
+    info!("cache: handed to the listener of its VIP, as if the client had dialled the VIP");
+    let r = tcp_line_as(
+        vm_ns,
+        "cache.default.svc.cluster.local",
+        7000,
+        "hello-cache",
+    )
+    .await?;
+    info!(?r, "cache");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply == format!("cache hello-cache {vm_ip}"),
+        "cache: {r:?}"
+    );
+    anyhow::ensure!(cache.seen().len() == 1, "cache saw {:?}", cache.seen());
+    for name in [
+        "listener.10.96.0.20_7000.downstream_cx_total",
+        "tcp.outbound|7000||cache.default.svc.cluster.local.downstream_cx_total",
+    ] {
+        admin.wait_for_stat_eq(name, 1).await?;
+    }
+
+    info!("mq shares 9080 with the HTTP listener, which has no route for it → its cluster");
+    let r = tcp_line_as(vm_ns, "mq.default.svc.cluster.local", 9080, "hello-mq").await?;
+    info!(?r, "mq");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply == format!("mq hello-mq {vm_ip}"),
+        "mq: {r:?}"
+    );
+    anyhow::ensure!(mq.seen().len() == 1, "mq saw {:?}", mq.seen());
+    admin
+        .wait_for_stat_eq(
+            "cluster.outbound|9080||mq.default.svc.cluster.local.upstream_cx_total",
+            1,
+        )
+        .await?;
+
+    info!("reviews on the same port still goes through the HTTP listener by Host");
+    let r = curl_as(
+        vm_ns,
+        "http://reviews.default.svc.cluster.local:9080/by-host",
+    )
+    .await?;
+    anyhow::ensure!(
+        r.status == 200 && r.header("x-via") == Some("outbound-9080"),
+        "reviews: {r:?}"
+    );
+    anyhow::ensure!(
+        world.reviews.seen().len() == 1,
+        "{:?}",
+        world.reviews.seen()
+    );
+    let stats = proxy.stats().await?;
+    anyhow::ensure!(
+        stats.value("http.outbound_0.0.0.0_9080.downstream_cx_total") == Some(1),
+        "the HTTP listener saw {:?} connections (mq must not be one)",
+        stats.value("http.outbound_0.0.0.0_9080.downstream_cx_total")
+    );
+
+    info!("a port of db without a cluster: the catch-all's passthrough, which cannot reach it");
+    let r = tcp_line_as(vm_ns, "db.default.svc.cluster.local", 6000, "nowhere").await?;
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply.is_empty(),
+        "db:6000: {r:?}"
+    );
+    admin
+        .wait_for_stat_eq("cluster.PassthroughCluster.upstream_cx_total", 1)
+        .await?;
+    anyhow::ensure!(db.seen().len() == 2, "db saw {:?}", db.seen());
+
+    info!("the catch-all accepted db ×3 and mq; cache and reviews were counted where handed");
+    let stats = proxy.stats().await?;
+    anyhow::ensure!(
+        stats.value("listener.0.0.0.0_15001.downstream_cx_total") == Some(4),
+        "15001 accepted {:?}",
+        stats.value("listener.0.0.0.0_15001.downstream_cx_total")
+    );
+    anyhow::ensure!(
+        !world
+            .dns
+            .queries()
+            .iter()
+            .any(|(n, _)| n.contains("db.") || n.contains("cache.") || n.contains("mq.")),
+        "mesh names leaked to the upstream resolver: {:?}",
+        world.dns.queries()
+    );
     Ok(())
 }
