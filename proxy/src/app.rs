@@ -1,5 +1,6 @@
 //! Process lifecycle: parse flags, load and compile the bootstrap, run the data plane and
 //! admin, drain on SIGTERM or `/quitquitquit`, exit 0.
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub fn main() -> ExitCode {
         };
     }
     if argv.get(1).is_some_and(|a| a == "run") {
-        return run_with_capture(argv);
+        return crate::run_capture::main(argv, run);
     }
     let args = match Args::try_parse_from(&argv) {
         Ok(a) => a,
@@ -58,109 +59,6 @@ pub fn main() -> ExitCode {
         }
     };
     match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("petrel: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-/// `petrel run [--capture] [redirect flags] -- [proxy flags]`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "petrel run",
-    about = "Run the proxy; with --capture, install capture rules before serving and remove them on exit",
-    after_help = "Proxy flags (Envoy's, plus --spec/--mesh-dns) follow `--`."
-)]
-struct RunArgs {
-    /// Install capture rules (the redirect flags below) before serving; remove them on exit.
-    /// Rules left by a crashed run (recorded in --state-file) are removed first.
-    #[arg(long)]
-    capture: bool,
-    #[command(flatten)]
-    redirect: redirect::RedirectArgs,
-}
-
-/// Where `petrel run --capture` records installed rules when --state-file is not given.
-const DEFAULT_CAPTURE_STATE: &str = "/run/petrel/capture.state";
-
-fn run_with_capture(argv: Vec<std::ffi::OsString>) -> ExitCode {
-    let split = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
-    let run_args = std::iter::once(std::ffi::OsString::from("petrel run"))
-        .chain(argv[2..split].iter().cloned());
-    let proxy_args = std::iter::once(std::ffi::OsString::from("petrel"))
-        .chain(argv.iter().skip(split + 1).cloned());
-    let (mut run_args, args) = match (
-        <RunArgs as clap::Parser>::try_parse_from(run_args),
-        Args::try_parse_from(proxy_args),
-    ) {
-        (Ok(r), Ok(a)) => (r, a),
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    let mut guard = None;
-    if run_args.capture {
-        // Inbound ports default to the application's ports from spec.yaml.
-        if run_args.redirect.inbound_ports.is_empty() {
-            if let Some(path) = &args.spec {
-                match crate::spec::AppSpec::load(path) {
-                    Ok(spec) => {
-                        run_args.redirect.inbound_ports = spec
-                            .inbound_ports()
-                            .iter()
-                            .map(u16::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",");
-                    }
-                    Err(e) => {
-                        eprintln!("petrel run: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            }
-        }
-        let state_file = run_args
-            .redirect
-            .state_file
-            .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_CAPTURE_STATE));
-        if let Some(dir) = state_file.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let installed = run_args
-            .redirect
-            .to_config(&redirect::HostDefaults::detect())
-            .and_then(|cfg| {
-                redirect::CaptureGuard::install(
-                    &cfg,
-                    redirect::ApplyOptions {
-                        backend: run_args.redirect.backend,
-                        state_file: Some(state_file),
-                    },
-                )
-            });
-        match installed {
-            Ok(g) => guard = Some(g),
-            Err(e) => {
-                eprintln!("petrel run: capture: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let result = run(args);
-    if let Some(g) = guard {
-        if let Err(e) = g.remove() {
-            eprintln!("petrel run: removing capture rules: {e}");
-        }
-    }
-    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("petrel: {e:#}");
@@ -248,7 +146,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let config = crate::config::build_static(&bootstrap, &ctx)?;
     if args.mode == Mode::Validate {
-        println!(
+        // A closed stdout (`| head`) is not worth a panic.
+        let _ = writeln!(
+            std::io::stdout(),
             "configuration '{}' OK",
             args.config_path
                 .as_ref()
