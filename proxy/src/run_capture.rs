@@ -70,6 +70,7 @@ pub(crate) fn main(argv: Vec<OsString>, serve: fn(Args) -> anyhow::Result<()>) -
         }
     };
     let dry_run = run_args.redirect.dry_run;
+    let skip_apply = run_args.redirect.skip_rule_apply;
     let capture = match plan(run_args, &args) {
         Ok(c) => c,
         Err(e) => {
@@ -92,7 +93,7 @@ pub(crate) fn main(argv: Vec<OsString>, serve: fn(Args) -> anyhow::Result<()>) -
             if std::io::stdout().write_all(script.as_bytes()).is_err() {
                 return ExitCode::SUCCESS;
             }
-        } else if args.mode == Mode::Serve {
+        } else if args.mode == Mode::Serve && !skip_apply {
             if let Some(dir) = opts.state_file.as_deref().and_then(|p| p.parent()) {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -150,7 +151,10 @@ fn plan(
         .map_err(|e| anyhow::anyhow!("capture: {e}"))?;
     check_consistency(&cfg, args).map_err(|e| anyhow::anyhow!("capture: {e}"))?;
     let opts = redirect::ApplyOptions {
-        backend: run_args.redirect.backend,
+        backend: run_args
+            .redirect
+            .backend()
+            .map_err(|e| anyhow::anyhow!("capture: {e}"))?,
         state_file: Some(
             run_args
                 .redirect

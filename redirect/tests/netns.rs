@@ -480,6 +480,70 @@ fn missing_privileges_are_reported() {
     assert!(stdout.contains("CAP_NET_ADMIN"), "{stdout}");
 }
 
+/// A systemd-style unprivileged proxy user holding only `CAP_NET_ADMIN` and `CAP_NET_RAW`
+/// (`User=` + `AmbientCapabilities=`): iptables-legacy refuses it (its table list is
+/// root-only) with a message saying so, and an nf_tables backend works.
+#[test]
+fn unprivileged_user_with_capabilities_needs_an_nf_tables_backend() {
+    require!("iptables-legacy-restore", "iptables-nft-restore");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("capuser");
+    let exe = std::env::current_exe().expect("test binary path");
+    let exe = exe.display().to_string();
+    let as_user = |backend: &str| {
+        let caps = "+net_admin,+net_raw";
+        ns.try_exec_env(
+            &[
+                "setpriv",
+                "--reuid",
+                "1337",
+                "--regid",
+                "1337",
+                "--clear-groups",
+                "--inh-caps",
+                caps,
+                "--ambient-caps",
+                caps,
+                &exe,
+                "netns_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ],
+            &[
+                (ROLE, "redirect"),
+                (
+                    ARGS,
+                    &format!("-b\x1f8080\x1f--no-ipv6\x1f--backend\x1f{backend}"),
+                ),
+            ],
+        )
+    };
+    let out = as_user("iptables-legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("REDIRECT_ERROR") && stdout.contains("needs root"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--backend iptables-nft or nft"), "{stdout}");
+    assert!(
+        !saved(&ns, "legacy").contains("ISTIO_"),
+        "legacy rules were installed anyway"
+    );
+
+    let out = as_user("iptables-nft");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("REDIRECT_OK"), "{stdout}");
+    let rules = saved(&ns, "nft");
+    assert!(
+        rules.contains("-A ISTIO_INBOUND -p tcp -m tcp --dport 8080 -j ISTIO_IN_REDIRECT"),
+        "{rules}"
+    );
+    ns.redirect(&["--cleanup", "--backend", "iptables-nft"]);
+    assert!(!saved(&ns, "nft").contains("ISTIO_"));
+}
+
 fn vm_mode(backend: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (vm, peer) = topology(&format!("vm-{backend}"));
