@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    match run(args) {
+    match run(args, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("petrel: {e:#}");
@@ -67,7 +67,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// Runs the proxy; `capture` (from `petrel run --capture`) installs the capture rules just
+/// before serving and returns the guard that removes them.
+pub(crate) fn run(
+    args: Args,
+    capture: Option<crate::run_capture::CaptureHook>,
+) -> anyhow::Result<()> {
     let filter = args.log_filter().map_err(anyhow::Error::msg)?;
     let (filter_layer, reload_handle) = reload::Layer::new(EnvFilter::new(&filter));
     {
@@ -280,6 +285,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     rt.block_on(async move {
+        // SIGTERM is handled from here on, also during the (possibly long) wait for the control
+        // plane: it ends the process through the normal return path. `petrel run --capture`
+        // installs its rules only now, so no signal can end the process between installing
+        // and removing them (the guard drops when this block returns, whichever way).
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let _capture = match capture {
+            Some(install) => Some(install()?),
+            None => None,
+        };
         if let (Some(addr), Some((mesh, rc))) = (args.mesh_dns, &mesh) {
             let cfg = crate::dns::DnsConfig {
                 listen: addr,
@@ -342,15 +357,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(client.run());
             let mut init = manager.initialized();
             info!("waiting for the initial xDS configuration");
-            let _ = init.wait_for(|done| *done).await;
+            tokio::select! {
+                _ = init.wait_for(|done| *done) => {}
+                _ = sigterm.recv() => {
+                    info!("SIGTERM before the initial xDS configuration arrived; exiting");
+                    return Ok(());
+                }
+            }
         }
         stats.gauge("listener_manager.workers_started").set(1);
         stats.gauge("server.live").set(1);
         state.set(0); // LIVE
 
         // Run until SIGTERM/SIGINT or /quitquitquit; /drain_listeners stops listeners only.
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 _ = sigterm.recv() => break,

@@ -11,10 +11,13 @@
 //!    names resolve into the captured range).
 //! 3. `--dry-run` or `--mode validate`: print the rule scripts (dry run) and stop there, having
 //!    changed nothing. This is what `examples/systemd/petrel.service` is tested with.
-//! 4. Install the rules ([`redirect::CaptureGuard`]: rules a crashed run left, recorded in the
-//!    state file, are removed first), serve, and remove the rules when the proxy returns
-//!    (SIGTERM, `/quitquitquit`, a startup error). SIGKILL leaves them: the next start or
-//!    `petrel redirect --cleanup --state-file` (the unit's `ExecStopPost=`) removes them.
+//! 4. Start the proxy. Once it handles SIGTERM, and before it binds the mesh DNS and the
+//!    listeners, it installs the rules ([`redirect::CaptureGuard`]: rules a crashed run left,
+//!    recorded in the state file, are removed first); they are removed when the proxy returns
+//!    (SIGTERM, `/quitquitquit`, a startup error). Installing only after the signal handler
+//!    exists closes the window in which a SIGTERM would kill the process with the rules in.
+//!    SIGKILL leaves them: the next start or `petrel redirect --cleanup --state-file` (the
+//!    unit's `ExecStopPost=`) removes them.
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -48,8 +51,15 @@ struct RunArgs {
     redirect: redirect::RedirectArgs,
 }
 
+/// Installs the capture rules; called by the proxy once SIGTERM is handled, just before it
+/// starts serving. The guard removes them when dropped (the proxy returning, whichever way).
+pub type CaptureHook = Box<dyn FnOnce() -> anyhow::Result<redirect::CaptureGuard>>;
+
 /// Runs `petrel run`; `serve` is the proxy (`app::run`).
-pub(crate) fn main(argv: Vec<OsString>, serve: fn(Args) -> anyhow::Result<()>) -> ExitCode {
+pub(crate) fn main(
+    argv: Vec<OsString>,
+    serve: fn(Args, Option<CaptureHook>) -> anyhow::Result<()>,
+) -> ExitCode {
     let split = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
     let run_args = std::iter::once(OsString::from("petrel run"))
         .chain(argv[2.min(split)..split].iter().cloned());
@@ -81,7 +91,7 @@ pub(crate) fn main(argv: Vec<OsString>, serve: fn(Args) -> anyhow::Result<()>) -
     if dry_run {
         args.mode = Mode::Validate;
     }
-    let mut guard = None;
+    let mut hook: Option<CaptureHook> = None;
     if let Some((cfg, opts)) = capture {
         if dry_run {
             // Detection reads the rule set, which needs no change; a machine without iptables
@@ -94,28 +104,19 @@ pub(crate) fn main(argv: Vec<OsString>, serve: fn(Args) -> anyhow::Result<()>) -
                 return ExitCode::SUCCESS;
             }
         } else if args.mode == Mode::Serve && !skip_apply {
-            if let Some(dir) = opts.state_file.as_deref().and_then(|p| p.parent()) {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            match redirect::CaptureGuard::install(&cfg, opts) {
-                Ok(g) => guard = Some(g),
-                Err(e) => {
-                    eprintln!("petrel run: capture: {e}");
-                    return ExitCode::from(1);
+            hook = Some(Box::new(move || {
+                if let Some(dir) = opts.state_file.as_deref().and_then(|p| p.parent()) {
+                    let _ = std::fs::create_dir_all(dir);
                 }
-            }
+                redirect::CaptureGuard::install(&cfg, opts)
+                    .map_err(|e| anyhow::anyhow!("capture: {e}"))
+            }));
         }
     }
-    let result = serve(args);
-    if let Some(g) = guard {
-        if let Err(e) = g.remove() {
-            eprintln!("petrel run: removing capture rules: {e}");
-        }
-    }
-    match result {
+    match serve(args, hook) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("petrel: {e:#}");
+            eprintln!("petrel run: {e:#}");
             ExitCode::from(1)
         }
     }

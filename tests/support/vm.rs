@@ -825,3 +825,144 @@ fn run(args: &[&str]) -> anyhow::Result<Output> {
     );
     Ok(out)
 }
+
+/// The `Key=Value` assignments of a systemd unit file by section, as systemd reads them:
+/// comment lines (`#`, `;`) dropped, lines ending in `\` joined with the next.
+#[derive(Debug, Default)]
+pub struct UnitFile {
+    entries: Vec<(String, String, String)>,
+}
+
+// === impl UnitFile ===
+
+impl UnitFile {
+    /// Parses the unit's text.
+    pub fn parse(text: &str) -> Self {
+        let mut entries = Vec::new();
+        let mut section = String::new();
+        let mut pending = String::new();
+        for raw in text.lines() {
+            let line = raw.trim();
+            if pending.is_empty() && (line.is_empty() || line.starts_with(['#', ';'])) {
+                continue;
+            }
+            if let Some(head) = line.strip_suffix('\\') {
+                pending.push_str(head);
+                pending.push(' ');
+                continue;
+            }
+            let full = std::mem::take(&mut pending) + line;
+            if let Some(name) = full.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+            } else if let Some((k, v)) = full.split_once('=') {
+                entries.push((section.clone(), k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        Self { entries }
+    }
+
+    /// Every value of `key` in `section`, in file order.
+    pub fn values(&self, section: &str, key: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// systemd's `EnvironmentFile=` syntax: `KEY=VALUE` lines, `#`/`;` comments, one pair of
+/// surrounding quotes removed from the value.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(['#', ';']))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
+                .unwrap_or(v);
+            (k.trim().to_owned(), unquoted.to_owned())
+        })
+        .collect()
+}
+
+/// An `Exec*=` command line as systemd runs it (systemd.service(5), "Command lines"): the
+/// `@ - : + !` prefixes stripped, words split at whitespace with `"…"`/`'…'` quoting, `$VAR`
+/// standing alone expanded to the value split at whitespace (zero or more words), `${VAR}`
+/// replaced in place within a word, `$$` a literal `$`. Unknown variables expand to nothing.
+pub fn exec_argv(line: &str, env: &[(String, String)]) -> anyhow::Result<Vec<String>> {
+    let var = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let line = line.trim_start_matches(['@', '-', ':', '+', '!']);
+    // Words with quoting; a word that was a bare `$NAME` is marked for splitting.
+    let mut words: Vec<(String, bool)> = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let (mut word, mut quoted) = (String::new(), false);
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                break;
+            }
+            chars.next();
+            match c {
+                '"' | '\'' => {
+                    quoted = true;
+                    loop {
+                        match chars.next() {
+                            Some(q) if q == c => break,
+                            Some(x) => word.push(x),
+                            None => anyhow::bail!("unterminated quote in {line:?}"),
+                        }
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        words.push((word, quoted));
+    }
+    let mut argv = Vec::new();
+    for (word, quoted) in words {
+        let bare = word.strip_prefix('$').filter(|n| {
+            !quoted && !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+        if let Some(name) = bare {
+            argv.extend(var(name).split_whitespace().map(str::to_owned));
+            continue;
+        }
+        let mut out = String::new();
+        let mut rest = word.as_str();
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            if let Some(r) = rest.strip_prefix('$') {
+                out.push('$');
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('{') {
+                let end = r
+                    .find('}')
+                    .with_context(|| format!("unterminated ${{ in {word:?}"))?;
+                out.push_str(&var(&r[..end]));
+                rest = &r[end + 1..];
+            } else {
+                out.push('$');
+            }
+        }
+        out.push_str(rest);
+        argv.push(out);
+    }
+    Ok(argv)
+}
