@@ -1551,3 +1551,50 @@ async fn wait_child(child: &mut std::process::Child) -> anyhow::Result<std::proc
     .await?;
     status.context("exit status")
 }
+
+/// Issue 5, bad input: with the firewall tools missing (an empty `/usr/sbin` in a private
+/// mount namespace, `PATH` without them), `petrel redirect` says which binary and which
+/// package each backend needs, and exits non-zero.
+#[test]
+fn missing_firewall_tools_are_named_with_their_package() {
+    petrel_e2e::trace_init();
+    if let Some(why) = vm::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if !have("unshare") {
+        eprintln!("SKIPPED: `unshare` is not installed");
+        return;
+    }
+    let petrel = match ProxyKind::Petrel.binary() {
+        Ok(p) => p.display().to_string(),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let ns = petrel_e2e::netns::NetNs::create().expect("namespace");
+    for (backend, wanted) in [
+        ("nft", "`nft` was not found: the nft backend needs it (install the `nftables` package"),
+        (
+            "iptables-legacy",
+            "`iptables-legacy-save` was not found: the iptables-legacy backend needs it (install the `iptables` package",
+        ),
+        ("auto", "`iptables-restore or nft` was not found"),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "unshare", "--mount", "--", "sh", "-c"])
+            .arg(
+                "for d in /usr/sbin /sbin /usr/local/sbin; do \
+                 [ -L $d ] || [ ! -d $d ] || mount -t tmpfs none $d || exit 9; done; exec \"$@\"",
+            )
+            .args(["sh", &petrel, "redirect", "-b", "8080", "--no-ipv6", "--backend", backend])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        info!(backend, %stderr);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {stderr}");
+        assert!(stderr.contains(wanted), "{backend}: {stderr}");
+    }
+}
