@@ -184,8 +184,9 @@ fn a_listener_for_the_capture_address_itself_wins() {
     let w = World::new();
     let db = w.addr("db.default.svc.cluster.local", 5432);
     let mut list: Vec<Arc<Listener>> = (**w.shared.listener_list.load()).clone();
-    let mut table = ListenerTable::default();
-    table.by_addr = w.shared.listeners.load().by_addr.clone();
+    let mut table = ListenerTable {
+        by_addr: w.shared.listeners.load().by_addr.clone(),
+    };
     table.by_addr.insert(db, list[0].clone());
     w.shared.listeners.store(Arc::new(table));
     list.push(list[0].clone());
