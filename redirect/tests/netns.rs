@@ -331,6 +331,23 @@ fn redirect_end_to_end(backend: &str) {
         .iter()
         .all(|l| l.starts_with("ACCEPT 0.0.0.0:9090") || l.starts_with("ACCEPT [::]:9090")));
 
+    info!("inbound passthrough: the proxy reaching the app's address from 127.0.0.6 (::6) is not captured again");
+    let both = Server::start(&app, "0.0.0.0:8080,[::]:8080,0.0.0.0:15006", 3);
+    assert!(connect_from(&app, "127.0.0.6", "10.77.0.1", 8080, 1337));
+    assert!(connect_from(&app, "::6", "fd77::1", 8080, 1337));
+    // From its ordinary source the same connection goes to the inbound side (app → proxy →
+    // proxy → app through the pod's own address, as in istio).
+    assert!(connect(&app, "10.77.0.1", 8080, Some(1337)));
+    let mut got = both.finish();
+    got.sort();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("ACCEPT 0.0.0.0:15006 10.77.0.1:8080"),
+        "{got:?}"
+    );
+    assert!(got[1].starts_with("ACCEPT 0.0.0.0:8080 "), "{got:?}");
+    assert!(got[2].starts_with("ACCEPT [::]:8080 "), "{got:?}");
+
     info!("ports that are not captured reach the app's own listener");
     let other = Server::start(&app, "0.0.0.0:7070", 1);
     assert!(connect(&peer, "10.77.0.1", 7070, None));
