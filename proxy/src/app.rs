@@ -1,5 +1,6 @@
 //! Process lifecycle: parse flags, load and compile the bootstrap, run the data plane and
 //! admin, drain on SIGTERM or `/quitquitquit`, exit 0.
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,7 @@ pub fn main() -> ExitCode {
         };
     }
     if argv.get(1).is_some_and(|a| a == "run") {
-        return run_with_capture(argv);
+        return crate::run_capture::main(argv, run);
     }
     let args = match Args::try_parse_from(&argv) {
         Ok(a) => a,
@@ -57,7 +58,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    match run(args) {
+    match run(args, None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("petrel: {e:#}");
@@ -66,110 +67,12 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `petrel run [--capture] [redirect flags] -- [proxy flags]`.
-#[derive(Debug, clap::Parser)]
-#[command(
-    name = "petrel run",
-    about = "Run the proxy; with --capture, install capture rules before serving and remove them on exit",
-    after_help = "Proxy flags (Envoy's, plus --spec/--mesh-dns) follow `--`."
-)]
-struct RunArgs {
-    /// Install capture rules (the redirect flags below) before serving; remove them on exit.
-    /// Rules left by a crashed run (recorded in --state-file) are removed first.
-    #[arg(long)]
-    capture: bool,
-    #[command(flatten)]
-    redirect: redirect::RedirectArgs,
-}
-
-/// Where `petrel run --capture` records installed rules when --state-file is not given.
-const DEFAULT_CAPTURE_STATE: &str = "/run/petrel/capture.state";
-
-fn run_with_capture(argv: Vec<std::ffi::OsString>) -> ExitCode {
-    let split = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
-    let run_args = std::iter::once(std::ffi::OsString::from("petrel run"))
-        .chain(argv[2..split].iter().cloned());
-    let proxy_args = std::iter::once(std::ffi::OsString::from("petrel"))
-        .chain(argv.iter().skip(split + 1).cloned());
-    let (mut run_args, args) = match (
-        <RunArgs as clap::Parser>::try_parse_from(run_args),
-        Args::try_parse_from(proxy_args),
-    ) {
-        (Ok(r), Ok(a)) => (r, a),
-        (Err(e), _) | (_, Err(e)) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
-    let mut guard = None;
-    if run_args.capture {
-        // Inbound ports default to the application's ports from spec.yaml.
-        if run_args.redirect.inbound_ports.is_empty() {
-            if let Some(path) = &args.spec {
-                match crate::spec::AppSpec::load(path) {
-                    Ok(spec) => {
-                        run_args.redirect.inbound_ports = spec
-                            .inbound_ports()
-                            .iter()
-                            .map(u16::to_string)
-                            .collect::<Vec<_>>()
-                            .join(",");
-                    }
-                    Err(e) => {
-                        eprintln!("petrel run: {e}");
-                        return ExitCode::from(1);
-                    }
-                }
-            }
-        }
-        let state_file = run_args
-            .redirect
-            .state_file
-            .clone()
-            .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_CAPTURE_STATE));
-        if let Some(dir) = state_file.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let installed = run_args
-            .redirect
-            .to_config(&redirect::HostDefaults::detect())
-            .and_then(|cfg| {
-                redirect::CaptureGuard::install(
-                    &cfg,
-                    redirect::ApplyOptions {
-                        backend: run_args.redirect.backend,
-                        state_file: Some(state_file),
-                    },
-                )
-            });
-        match installed {
-            Ok(g) => guard = Some(g),
-            Err(e) => {
-                eprintln!("petrel run: capture: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let result = run(args);
-    if let Some(g) = guard {
-        if let Err(e) = g.remove() {
-            eprintln!("petrel run: removing capture rules: {e}");
-        }
-    }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("petrel: {e:#}");
-            ExitCode::from(1)
-        }
-    }
-}
-
-fn run(args: Args) -> anyhow::Result<()> {
+/// Runs the proxy; `capture` (from `petrel run --capture`) installs the capture rules just
+/// before serving and returns the guard that removes them.
+pub(crate) fn run(
+    args: Args,
+    capture: Option<crate::run_capture::CaptureHook>,
+) -> anyhow::Result<()> {
     let filter = args.log_filter().map_err(anyhow::Error::msg)?;
     let (filter_layer, reload_handle) = reload::Layer::new(EnvFilter::new(&filter));
     {
@@ -248,7 +151,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let config = crate::config::build_static(&bootstrap, &ctx)?;
     if args.mode == Mode::Validate {
-        println!(
+        // A closed stdout (`| head`) is not worth a panic.
+        let _ = writeln!(
+            std::io::stdout(),
             "configuration '{}' OK",
             args.config_path
                 .as_ref()
@@ -295,6 +200,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    if let Some((m, _)) = &mesh {
+        // Connections to the capture addresses the mesh DNS hands out route by service name.
+        let routes = crate::listener::CaptureRoutes::new(m.names.clone(), stats.clone());
+        let _ = shared.capture.set(routes);
+    }
     // Lifecycle state; the `server.state` stat is derived from it (and from
     // /healthcheck/fail) when read.
     let state = crate::stats::Gauge::detached();
@@ -375,6 +285,16 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     rt.block_on(async move {
+        // SIGTERM is handled from here on, also during the (possibly long) wait for the control
+        // plane: it ends the process through the normal return path. `petrel run --capture`
+        // installs its rules only now, so no signal can end the process between installing
+        // and removing them (the guard drops when this block returns, whichever way).
+        let mut sigterm =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let _capture = match capture {
+            Some(install) => Some(install()?),
+            None => None,
+        };
         if let (Some(addr), Some((mesh, rc))) = (args.mesh_dns, &mesh) {
             let cfg = crate::dns::DnsConfig {
                 listen: addr,
@@ -437,15 +357,19 @@ fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(client.run());
             let mut init = manager.initialized();
             info!("waiting for the initial xDS configuration");
-            let _ = init.wait_for(|done| *done).await;
+            tokio::select! {
+                _ = init.wait_for(|done| *done) => {}
+                _ = sigterm.recv() => {
+                    info!("SIGTERM before the initial xDS configuration arrived; exiting");
+                    return Ok(());
+                }
+            }
         }
         stats.gauge("listener_manager.workers_started").set(1);
         stats.gauge("server.live").set(1);
         state.set(0); // LIVE
 
         // Run until SIGTERM/SIGINT or /quitquitquit; /drain_listeners stops listeners only.
-        let mut sigterm =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 _ = sigterm.recv() => break,

@@ -14,6 +14,7 @@
 //! - `dns` / `mesh` / `spec`: VM mode: the mesh DNS, its name table, the app's spec.yaml.
 //! - `admin`: Envoy-compatible admin endpoints.
 //! - `app`: process lifecycle: load, validate, serve, drain.
+//! - `run_capture`: `petrel run --capture`: capture rules around the proxy's lifetime.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod listener;
 pub mod mesh;
 pub mod policy;
 pub mod route;
+pub mod run_capture;
 pub mod runtime;
 pub mod server;
 pub mod spec;

@@ -36,6 +36,8 @@ pub struct Shared {
     pub bootstrap_json: serde_json::Value,
     /// Node id and cluster.
     pub node: (String, String),
+    /// VM mode (`--mesh-dns`): routes connections to capture addresses by mesh name.
+    pub capture: std::sync::OnceLock<crate::listener::CaptureRoutes>,
 }
 
 impl Shared {
@@ -51,6 +53,7 @@ impl Shared {
             started: Instant::now(),
             bootstrap_json,
             node,
+            capture: std::sync::OnceLock::new(),
         }
     }
 

@@ -112,12 +112,12 @@ pub struct InvalidSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {cause}")]
     Read {
         /// The file.
         path: String,
-        /// Why.
-        source: std::io::Error,
+        /// Why (in the message, not a `source`: printing the chain would say it twice).
+        cause: std::io::Error,
     },
     /// The file is not a valid spec.
     #[error("{file}: {error}")]
@@ -278,9 +278,9 @@ impl AppSpec {
 
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Self, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| SpecError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::parse(&text).map_err(|error| SpecError::Invalid {
             file: path.display().to_string(),

@@ -226,6 +226,36 @@ pub struct RedirectArgs {
     /// exactly that, even after a crash.
     #[arg(long = "state-file")]
     pub state_file: Option<PathBuf>,
+
+    // --- istio-iptables flags Istio's sidecar injector passes; accepted so that an unchanged
+    // init container works ---
+    /// Apply even when rules exist (istio `--force-apply`): Petrel always replaces its own
+    /// previous rules, so this changes nothing.
+    #[arg(long = "force-apply")]
+    pub force_apply: bool,
+
+    /// istio's `--native-nftables`: the same as `--backend nft`.
+    #[arg(long = "native-nftables")]
+    pub native_nftables: bool,
+
+    /// Validate the flags and apply nothing (istio `--skip-rule-apply`, used when istio-cni
+    /// installs the rules).
+    #[arg(long = "skip-rule-apply")]
+    pub skip_rule_apply: bool,
+
+    /// istio's redirect validation (`--run-validation`, istio-cni's validation init container):
+    /// not implemented; refused with an explanation rather than silently skipped.
+    #[arg(long = "run-validation", hide = true)]
+    pub run_validation: bool,
+
+    /// istio's log levels (`--log_output_level=default:info`): accepted, no effect (Petrel
+    /// reports errors on stderr and `RUST_LOG` sets its log level).
+    #[arg(long = "log_output_level", hide = true)]
+    pub log_output_level: Option<String>,
+
+    /// istio's JSON logging switch: accepted, no effect.
+    #[arg(long = "log_as_json", hide = true)]
+    pub log_as_json: bool,
 }
 
 /// Facts about the host that some flags default to. Read once by [`run`]; tests pass them
@@ -274,6 +304,19 @@ impl RedirectArgs {
         }
     }
 
+    /// The backend to use: `--backend`, or `nft` for istio's `--native-nftables`.
+    pub fn backend(&self) -> Result<Backend, RedirectError> {
+        match (self.native_nftables, self.backend) {
+            (false, b) => Ok(b),
+            (true, Backend::Auto | Backend::Nft) => Ok(Backend::Nft),
+            (true, b) => Err(RedirectError::invalid(
+                "--backend",
+                b.name(),
+                "conflicts with --native-nftables",
+            )),
+        }
+    }
+
     /// Validates the flags into a [`CaptureConfig`]; `host` supplies the defaults that depend on
     /// the machine (IPv6 when neither `--ipv6` nor `--no-ipv6` is given, the resolvers whose
     /// queries are captured when neither `--dns-servers` nor `--capture-all-dns` is given).
@@ -289,6 +332,14 @@ impl RedirectArgs {
             }
             Ok(p.first)
         };
+        if self.run_validation {
+            return Err(RedirectError::Unsupported {
+                flag: "--run-validation",
+                reason: "Petrel does not probe the installed redirect; run `petrel redirect` \
+                         itself in the init container instead of validating istio-cni's rules",
+            });
+        }
+        self.backend()?;
         let mut cfg = CaptureConfig {
             proxy_port: port("-p/--envoy-port", &self.proxy_port)?,
             inbound_capture_port: port("-z/--inbound-capture-port", &self.inbound_capture_port)?,
@@ -483,7 +534,7 @@ fn number(flag: &'static str, s: &str) -> Result<u32, RedirectError> {
 /// (`--cleanup`) or applies the rules.
 pub fn run(args: RedirectArgs) -> Result<(), RedirectError> {
     let opts = ApplyOptions {
-        backend: args.backend,
+        backend: args.backend()?,
         state_file: args.state_file.clone(),
     };
     if args.cleanup {
@@ -501,8 +552,12 @@ pub fn run(args: RedirectArgs) -> Result<(), RedirectError> {
     if args.dry_run {
         // Detection needs no privileges, but must not fail a dry run on a machine without
         // iptables: both iptables variants print the same script.
-        let backend = apply::detect_backend(args.backend).unwrap_or(Backend::IptablesNft);
+        let backend = apply::detect_backend(opts.backend).unwrap_or(Backend::IptablesNft);
         return print(&apply::dry_run_script(&cfg, backend));
+    }
+    if args.skip_rule_apply {
+        // istio: the flags were checked; istio-cni (or someone else) installs the rules.
+        return Ok(());
     }
     apply::apply(&cfg, &opts).map(drop)
 }

@@ -20,6 +20,15 @@ pub enum RedirectError {
         reason: String,
     },
 
+    /// An istio-iptables flag Petrel recognises but does not implement.
+    #[error("{flag} is not supported by petrel redirect: {reason}")]
+    Unsupported {
+        /// The flag.
+        flag: &'static str,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+
     /// The backend's binary is not installed or not on `PATH`.
     #[error(
         "`{binary}` was not found: the {backend} backend needs it (install the `{package}` package, \
@@ -43,6 +52,20 @@ pub enum RedirectError {
     MissingPrivileges {
         /// What was attempted.
         action: String,
+    },
+
+    /// iptables-legacy as a non-root user: capabilities are not enough for it.
+    #[error(
+        "`{command}` needs root ({stderr}): iptables-legacy lists its tables in \
+         /proc/net/ip_tables_names, which only root can read, so CAP_NET_ADMIN alone is not \
+         enough; run as root, or use an nf_tables backend (--backend iptables-nft or nft), \
+         which works for an unprivileged proxy user with CAP_NET_ADMIN and CAP_NET_RAW"
+    )]
+    LegacyNeedsRoot {
+        /// The command line.
+        command: String,
+        /// Its standard error, trimmed.
+        stderr: String,
     },
 
     /// An external command ran and failed; nothing was half-applied (restore is atomic).
@@ -94,12 +117,15 @@ impl RedirectError {
 
     /// The operator passed a bad flag value; retrying cannot help.
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, Self::InvalidFlag { .. })
+        matches!(self, Self::InvalidFlag { .. } | Self::Unsupported { .. })
     }
 
     /// The process lacks root / `CAP_NET_ADMIN`.
     pub fn is_missing_privileges(&self) -> bool {
-        matches!(self, Self::MissingPrivileges { .. })
+        matches!(
+            self,
+            Self::MissingPrivileges { .. } | Self::LegacyNeedsRoot { .. }
+        )
     }
 
     /// A required binary (iptables, nft, ip) is not installed.

@@ -331,6 +331,23 @@ fn redirect_end_to_end(backend: &str) {
         .iter()
         .all(|l| l.starts_with("ACCEPT 0.0.0.0:9090") || l.starts_with("ACCEPT [::]:9090")));
 
+    info!("inbound passthrough: the proxy reaching the app's address from 127.0.0.6 (::6) is not captured again");
+    let both = Server::start(&app, "0.0.0.0:8080,[::]:8080,0.0.0.0:15006", 3);
+    assert!(connect_from(&app, "127.0.0.6", "10.77.0.1", 8080, 1337));
+    assert!(connect_from(&app, "::6", "fd77::1", 8080, 1337));
+    // From its ordinary source the same connection goes to the inbound side (app → proxy →
+    // proxy → app through the pod's own address, as in istio).
+    assert!(connect(&app, "10.77.0.1", 8080, Some(1337)));
+    let mut got = both.finish();
+    got.sort();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        got[0].starts_with("ACCEPT 0.0.0.0:15006 10.77.0.1:8080"),
+        "{got:?}"
+    );
+    assert!(got[1].starts_with("ACCEPT 0.0.0.0:8080 "), "{got:?}");
+    assert!(got[2].starts_with("ACCEPT [::]:8080 "), "{got:?}");
+
     info!("ports that are not captured reach the app's own listener");
     let other = Server::start(&app, "0.0.0.0:7070", 1);
     assert!(connect(&peer, "10.77.0.1", 7070, None));
@@ -478,6 +495,70 @@ fn missing_privileges_are_reported() {
         "{stdout}"
     );
     assert!(stdout.contains("CAP_NET_ADMIN"), "{stdout}");
+}
+
+/// A systemd-style unprivileged proxy user holding only `CAP_NET_ADMIN` and `CAP_NET_RAW`
+/// (`User=` + `AmbientCapabilities=`): iptables-legacy refuses it (its table list is
+/// root-only) with a message saying so, and an nf_tables backend works.
+#[test]
+fn unprivileged_user_with_capabilities_needs_an_nf_tables_backend() {
+    require!("iptables-legacy-restore", "iptables-nft-restore");
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = Netns::new("capuser");
+    let exe = std::env::current_exe().expect("test binary path");
+    let exe = exe.display().to_string();
+    let as_user = |backend: &str| {
+        let caps = "+net_admin,+net_raw";
+        ns.try_exec_env(
+            &[
+                "setpriv",
+                "--reuid",
+                "1337",
+                "--regid",
+                "1337",
+                "--clear-groups",
+                "--inh-caps",
+                caps,
+                "--ambient-caps",
+                caps,
+                &exe,
+                "netns_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ],
+            &[
+                (ROLE, "redirect"),
+                (
+                    ARGS,
+                    &format!("-b\x1f8080\x1f--no-ipv6\x1f--backend\x1f{backend}"),
+                ),
+            ],
+        )
+    };
+    let out = as_user("iptables-legacy");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("REDIRECT_ERROR") && stdout.contains("needs root"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("--backend iptables-nft or nft"), "{stdout}");
+    assert!(
+        !saved(&ns, "legacy").contains("ISTIO_"),
+        "legacy rules were installed anyway"
+    );
+
+    let out = as_user("iptables-nft");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("REDIRECT_OK"), "{stdout}");
+    let rules = saved(&ns, "nft");
+    assert!(
+        rules.contains("-A ISTIO_INBOUND -p tcp -m tcp --dport 8080 -j ISTIO_IN_REDIRECT"),
+        "{rules}"
+    );
+    ns.redirect(&["--cleanup", "--backend", "iptables-nft"]);
+    assert!(!saved(&ns, "nft").contains("ISTIO_"));
 }
 
 fn vm_mode(backend: &str) {

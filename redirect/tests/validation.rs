@@ -208,3 +208,59 @@ fn resolv_conf_nameservers_are_parsed() {
 fn init() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
 }
+
+#[test]
+fn istio_injector_flags_are_accepted() {
+    init();
+    // The istio-init container's arguments as Istio's injection template writes them.
+    let istio = [
+        "-p",
+        "15001",
+        "-z",
+        "15006",
+        "-u",
+        "1337",
+        "-m",
+        "REDIRECT",
+        "-i",
+        "*",
+        "-x",
+        "",
+        "-b",
+        "*",
+        "-d",
+        "15090,15021,15020",
+        "--log_output_level=default:info",
+        "--log_as_json",
+        "--force-apply",
+    ];
+    let plain = config(&istio[..16]).expect("valid");
+    assert_eq!(config(&istio).expect("valid"), plain);
+
+    let args = |flags: &[&str]| {
+        RedirectArgs::try_parse_from(
+            std::iter::once("petrel-redirect").chain(flags.iter().copied()),
+        )
+        .expect("parses")
+    };
+    assert_eq!(
+        args(&["--native-nftables"]).backend().ok(),
+        Some(redirect::Backend::Nft)
+    );
+    assert_eq!(args(&[]).backend().ok(), Some(redirect::Backend::Auto));
+    let err = args(&["--native-nftables", "--backend", "iptables-legacy"])
+        .to_config(&HostDefaults::default())
+        .expect_err("conflict");
+    assert!(
+        err.is_invalid_input() && err.to_string().contains("--native-nftables"),
+        "{err}"
+    );
+    let err = args(&["--run-validation", "--skip-rule-apply"])
+        .to_config(&HostDefaults::default())
+        .expect_err("not implemented");
+    assert!(
+        err.to_string()
+            .contains("--run-validation is not supported"),
+        "{err}"
+    );
+}

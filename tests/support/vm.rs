@@ -14,6 +14,8 @@
 //! - [`ResolvConf`]: `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` bind-mounts.
 //! - [`HttpServer`]: a Python HTTP/1.1 server that names itself and logs every request.
 //! - [`DnsServer`]: a Python UDP+TCP DNS server answering a fixed A record, logging queries.
+//! - [`TcpLineServer`], [`tcp_line_as`]: a raw TCP line protocol (no HTTP), server and an
+//!   unmodified client that resolves names through the system resolver.
 //! - [`curl_as`], [`run_as`]: an unmodified `curl` (or any command) inside a namespace as
 //!   [`CLIENT_UID`].
 //! - [`ruleset`], [`host_state`]: a namespace's `iptables-save`/`ip6tables-save`/`nft list
@@ -419,6 +421,129 @@ impl HttpServer {
     }
 }
 
+/// A line protocol over raw TCP (no HTTP anywhere): for each connection, reads one line and
+/// answers `<name> <line> <peer address>`, logging `<peer> <line>`. argv: dir name ip port.
+const TCP_LINE_SERVER_PY: &str = r#"
+import os, socketserver, sys, threading
+d, name, ip, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+lock = threading.Lock()
+class H(socketserver.StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline().decode("utf-8", "replace").strip()
+        peer = self.client_address[0]
+        with lock, open(os.path.join(d, "log"), "a") as f:
+            f.write("%s %s\n" % (peer, line))
+        self.wfile.write(("%s %s %s\n" % (name, line, peer)).encode())
+class S(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+srv = S((ip, port), H)
+open(os.path.join(d, "ready"), "w").close()
+srv.serve_forever()
+"#;
+
+/// A raw TCP server in a namespace speaking [`TCP_LINE_SERVER_PY`]'s line protocol.
+pub struct TcpLineServer {
+    helper: Helper,
+}
+
+// === impl TcpLineServer ===
+
+impl TcpLineServer {
+    /// Starts a server named `name` on `ip:port` inside `ns` and waits until it listens.
+    pub async fn start(ns: &str, name: &str, ip: Ipv4Addr, port: u16) -> anyhow::Result<Self> {
+        let helper = Helper::start(
+            ns,
+            &format!("tcp-{name}"),
+            TCP_LINE_SERVER_PY,
+            &[name, &ip.to_string(), &port.to_string()],
+        )
+        .await?;
+        Ok(Self { helper })
+    }
+
+    /// Every connection served so far as `(peer address, line)`.
+    pub fn seen(&self) -> Vec<(String, String)> {
+        self.helper
+            .log_lines()
+            .iter()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(p, l)| (p.to_owned(), l.to_owned()))
+            .collect()
+    }
+}
+
+/// The client side of the line protocol, as an unmodified program would do it: resolve the
+/// name with the system resolver (`getaddrinfo`, so `/etc/resolv.conf`), connect, send one
+/// line, print `<address connected to>\t<reply line>` (the reply empty if the connection was
+/// closed or reset without one). argv: host port line.
+const TCP_LINE_CLIENT_PY: &str = r#"
+import socket, sys
+host, port, line = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection((host, port), timeout=20)
+peer = s.getpeername()[0]
+s.sendall(line.encode() + b"\n")
+buf = b""
+try:
+    while not buf.endswith(b"\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        buf += chunk
+except ConnectionResetError:
+    pass
+print("%s\t%s" % (peer, buf.decode("utf-8", "replace").strip()))
+"#;
+
+/// A Python interpreter [`CLIENT_UID`] may run: the system one, not a per-user shim (pyenv
+/// puts `python3` under `/root`, which `nobody` cannot enter).
+fn client_python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3")
+}
+
+/// What [`tcp_line_as`] saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpLineReply {
+    /// The address the client connected to (what the name resolved to).
+    pub remote_ip: String,
+    /// The server's reply line (`<name> <line> <peer>`), empty if the connection closed first.
+    pub reply: String,
+}
+
+/// Connects to `host:port` from inside `ns` as [`CLIENT_UID`] with a Python client resolving
+/// `host` through the namespace's resolver, sends `line` and returns the reply.
+pub async fn tcp_line_as(
+    ns: &str,
+    host: &str,
+    port: u16,
+    line: &str,
+) -> anyhow::Result<TcpLineReply> {
+    let port = port.to_string();
+    let out = run_as(
+        ns,
+        &[client_python(), "-c", TCP_LINE_CLIENT_PY, host, &port, line],
+    )
+    .await?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    anyhow::ensure!(
+        out.status.success(),
+        "tcp client {host}:{port} in {ns}: {}: {stdout} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let (remote_ip, reply) = stdout
+        .trim_end_matches('\n')
+        .split_once('\t')
+        .with_context(|| format!("tcp client output {stdout:?}"))?;
+    Ok(TcpLineReply {
+        remote_ip: remote_ip.to_owned(),
+        reply: reply.to_owned(),
+    })
+}
+
 /// A minimal authoritative DNS server over UDP and TCP: `A <name>` → the fixed address, any
 /// other type for that name → NOERROR without answers, `A big.example.` → [`BIG_ANSWERS`]
 /// addresses `10.99.0.k` (too large for 512-byte UDP, sent whole anyway, as a resolver answering
@@ -699,4 +824,145 @@ fn run(args: &[&str]) -> anyhow::Result<Output> {
         String::from_utf8_lossy(&out.stderr).trim()
     );
     Ok(out)
+}
+
+/// The `Key=Value` assignments of a systemd unit file by section, as systemd reads them:
+/// comment lines (`#`, `;`) dropped, lines ending in `\` joined with the next.
+#[derive(Debug, Default)]
+pub struct UnitFile {
+    entries: Vec<(String, String, String)>,
+}
+
+// === impl UnitFile ===
+
+impl UnitFile {
+    /// Parses the unit's text.
+    pub fn parse(text: &str) -> Self {
+        let mut entries = Vec::new();
+        let mut section = String::new();
+        let mut pending = String::new();
+        for raw in text.lines() {
+            let line = raw.trim();
+            if pending.is_empty() && (line.is_empty() || line.starts_with(['#', ';'])) {
+                continue;
+            }
+            if let Some(head) = line.strip_suffix('\\') {
+                pending.push_str(head);
+                pending.push(' ');
+                continue;
+            }
+            let full = std::mem::take(&mut pending) + line;
+            if let Some(name) = full.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.to_owned();
+            } else if let Some((k, v)) = full.split_once('=') {
+                entries.push((section.clone(), k.trim().to_owned(), v.trim().to_owned()));
+            }
+        }
+        Self { entries }
+    }
+
+    /// Every value of `key` in `section`, in file order.
+    pub fn values(&self, section: &str, key: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|(s, k, _)| s == section && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// systemd's `EnvironmentFile=` syntax: `KEY=VALUE` lines, `#`/`;` comments, one pair of
+/// surrounding quotes removed from the value.
+pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(['#', ';']))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            let v = v.trim();
+            let unquoted = ['"', '\'']
+                .iter()
+                .find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
+                .unwrap_or(v);
+            (k.trim().to_owned(), unquoted.to_owned())
+        })
+        .collect()
+}
+
+/// An `Exec*=` command line as systemd runs it (systemd.service(5), "Command lines"): the
+/// `@ - : + !` prefixes stripped, words split at whitespace with `"…"`/`'…'` quoting, `$VAR`
+/// standing alone expanded to the value split at whitespace (zero or more words), `${VAR}`
+/// replaced in place within a word, `$$` a literal `$`. Unknown variables expand to nothing.
+pub fn exec_argv(line: &str, env: &[(String, String)]) -> anyhow::Result<Vec<String>> {
+    let var = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let line = line.trim_start_matches(['@', '-', ':', '+', '!']);
+    // Words with quoting; a word that was a bare `$NAME` is marked for splitting.
+    let mut words: Vec<(String, bool)> = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            break;
+        }
+        let (mut word, mut quoted) = (String::new(), false);
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                break;
+            }
+            chars.next();
+            match c {
+                '"' | '\'' => {
+                    quoted = true;
+                    loop {
+                        match chars.next() {
+                            Some(q) if q == c => break,
+                            Some(x) => word.push(x),
+                            None => anyhow::bail!("unterminated quote in {line:?}"),
+                        }
+                    }
+                }
+                _ => word.push(c),
+            }
+        }
+        words.push((word, quoted));
+    }
+    let mut argv = Vec::new();
+    for (word, quoted) in words {
+        let bare = word.strip_prefix('$').filter(|n| {
+            !quoted && !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        });
+        if let Some(name) = bare {
+            argv.extend(var(name).split_whitespace().map(str::to_owned));
+            continue;
+        }
+        let mut out = String::new();
+        let mut rest = word.as_str();
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            if let Some(r) = rest.strip_prefix('$') {
+                out.push('$');
+                rest = r;
+            } else if let Some(r) = rest.strip_prefix('{') {
+                let end = r
+                    .find('}')
+                    .with_context(|| format!("unterminated ${{ in {word:?}"))?;
+                out.push_str(&var(&r[..end]));
+                rest = &r[end + 1..];
+            } else {
+                out.push('$');
+            }
+        }
+        out.push_str(rest);
+        argv.push(out);
+    }
+    Ok(argv)
 }

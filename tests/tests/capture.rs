@@ -28,7 +28,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use petrel_e2e::proxy::render;
-use petrel_e2e::vm::{self, curl_as, DnsServer, HttpServer, ResolvConf, Topology, PROXY_USER};
+use petrel_e2e::vm::{
+    self, curl_as, tcp_line_as, DnsServer, HttpServer, ResolvConf, TcpLineServer, Topology,
+    PROXY_USER,
+};
 use petrel_e2e::{differential, Observations, Proxy, ProxyKind, Stats};
 use tracing::info;
 
@@ -379,6 +382,16 @@ spec:
 /// [`PROXY_USER`] with the capabilities capture needs) and `-u uid`, with the mesh DNS on
 /// 127.0.0.1:15053 and the topology's private state file.
 async fn start_vm_proxy(topo: &Topology, uid: u32, ports: AppPorts) -> anyhow::Result<Proxy> {
+    start_vm_proxy_with(topo, VM_BOOTSTRAP, uid, ports).await
+}
+
+/// [`start_vm_proxy`] with another bootstrap (`{{admin_ip}}` and `{{svc_ip}}` filled in).
+async fn start_vm_proxy_with(
+    topo: &Topology,
+    bootstrap: &str,
+    uid: u32,
+    ports: AppPorts,
+) -> anyhow::Result<Proxy> {
     let state = topo.state_file();
     let spec = topo.state_dir().join("spec.yaml").display().to_string();
     let uid = uid.to_string();
@@ -419,7 +432,7 @@ async fn start_vm_proxy(topo: &Topology, uid: u32, ports: AppPorts) -> anyhow::R
         ]
     };
     let yaml = render(
-        VM_BOOTSTRAP,
+        bootstrap,
         &[("admin_ip", &topo.app.ns_ip()), ("svc_ip", &topo.svc.ip())],
     );
     Proxy::start_in(
@@ -902,4 +915,686 @@ async fn dns_edge_scenario() -> anyhow::Result<()> {
         .wait_for_stat("dns.upstream_failures", |v| v >= 1)
         .await?;
     Ok(())
+}
+
+/// The VM of [`vm_capture_routes_raw_tcp_by_capture_address`]: Istio-shaped outbound config
+/// where TCP services have no listener for the capture addresses Petrel allocates (the control
+/// plane never saw them): `db` (5432) and `mq` (9080, shared with the HTTP service `reviews`)
+/// only have clusters; `cache` (7000) has a listener at its real VIP, which nothing on the
+/// VM's network serves.
+const VM_TCP_BOOTSTRAP: &str = r#"
+admin:
+  address: {socket_address: {address: "{{admin_ip}}", port_value: {{admin_port}}}}
+static_resources:
+  listeners:
+  - name: virtualOutbound
+    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
+    use_original_dst: true
+    listener_filters:
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    default_filter_chain:
+      filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: PassthroughCluster
+          cluster: PassthroughCluster
+  - name: 0.0.0.0_9080
+    address: {socket_address: {address: 0.0.0.0, port_value: 9080}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound_0.0.0.0_9080
+          route_config:
+            response_headers_to_add: [{header: {key: x-via, value: outbound-9080}}]
+            virtual_hosts:
+            - name: reviews
+              domains: ["reviews.default.svc.cluster.local:9080"]
+              routes: [{match: {prefix: "/"}, route: {cluster: "outbound|9080||reviews.default.svc.cluster.local"}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: 10.96.0.20_7000
+    address: {socket_address: {address: 10.96.0.20, port_value: 7000}}
+    bind_to_port: false
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: "outbound|7000||cache.default.svc.cluster.local"
+          cluster: "outbound|7000||cache.default.svc.cluster.local"
+  clusters:
+  - name: PassthroughCluster
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 2s
+  - name: "outbound|9080||reviews.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|9080||reviews.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9080}}}}]}]
+  - name: "outbound|5432||db.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|5432||db.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 5432}}}}]}]
+  - name: "outbound|7000||cache.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|7000||cache.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 7000}}}}]}]
+  - name: "outbound|9080||mq.default.svc.cluster.local"
+    type: STATIC
+    connect_timeout: 2s
+    load_assignment:
+      cluster_name: "outbound|9080||mq.default.svc.cluster.local"
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: "{{svc_ip}}", port_value: 9082}}}}]}]
+"#;
+
+/// Issue 5: "the outbound listener maps a capture address back to the service it was
+/// allocated for". Unmodified raw-TCP clients (a Python script, no HTTP) resolve mesh names
+/// through the mesh DNS and connect to capture addresses no listener was written for; Petrel
+/// routes each to its service: `db` to its `outbound|5432||db...` cluster, `cache` through the
+/// listener of its real VIP, `mq` to its cluster although port 9080 has an HTTP listener (which
+/// still routes `reviews` by Host). A port of a service with no cluster falls to the catch-all.
+#[tokio::test]
+async fn vm_capture_routes_raw_tcp_by_capture_address() {
+    petrel_e2e::trace_init();
+    if let Err(e) = tcp_by_name_scenario().await {
+        for tail in petrel_e2e::proxy::take_recent_logs() {
+            eprintln!("{tail}");
+        }
+        panic!("{e:#}");
+    }
+}
+
+async fn tcp_by_name_scenario() -> anyhow::Result<()> {
+    let topo = match Topology::create() {
+        Ok(t) => t?,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return Ok(());
+        }
+    };
+    if let Err(why) = ProxyKind::Petrel.binary() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let (vm_ns, svc_ns) = (topo.app.name(), topo.svc.name());
+    let (vm_ip, svc_ip) = (topo.app_ip().to_string(), topo.svc.ip());
+    let world = VmWorld::start(&topo).await?;
+    let db = TcpLineServer::start(svc_ns, "db", svc_ip, 5432).await?;
+    let cache = TcpLineServer::start(svc_ns, "cache", svc_ip, 7000).await?;
+    let mq = TcpLineServer::start(svc_ns, "mq", svc_ip, 9082).await?;
+    let proxy = start_vm_proxy_with(&topo, VM_TCP_BOOTSTRAP, 0, AppPorts::Flag).await?;
+    let admin = proxy.admin();
+
+    info!("db: no listener for its capture address or port → tcp_proxy to outbound|5432||db");
+    let r = tcp_line_as(vm_ns, "db.default.svc.cluster.local", 5432, "hello-db").await?;
+    info!(?r, "db");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply == format!("db hello-db {vm_ip}"),
+        "db: {r:?}"
+    );
+    anyhow::ensure!(
+        db.seen() == [(vm_ip.clone(), "hello-db".to_owned())],
+        "db saw {:?}",
+        db.seen()
+    );
+    for name in [
+        "tcp.outbound|5432||db.default.svc.cluster.local.downstream_cx_total",
+        "cluster.outbound|5432||db.default.svc.cluster.local.upstream_cx_total",
+    ] {
+        admin.wait_for_stat_eq(name, 1).await?;
+    }
+
+    info!("the short name through the search domains reaches the same service");
+    let r = tcp_line_as(vm_ns, "db", 5432, "short").await?;
+    anyhow::ensure!(r.reply == format!("db short {vm_ip}"), "db (short): {r:?}");
+    admin
+        .wait_for_stat_eq(
+            "cluster.outbound|5432||db.default.svc.cluster.local.upstream_cx_total",
+            2,
+        )
+        .await?;
+
+    info!("cache: handed to the listener of its VIP, as if the client had dialled the VIP");
+    let r = tcp_line_as(
+        vm_ns,
+        "cache.default.svc.cluster.local",
+        7000,
+        "hello-cache",
+    )
+    .await?;
+    info!(?r, "cache");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply == format!("cache hello-cache {vm_ip}"),
+        "cache: {r:?}"
+    );
+    anyhow::ensure!(cache.seen().len() == 1, "cache saw {:?}", cache.seen());
+    for name in [
+        "listener.10.96.0.20_7000.downstream_cx_total",
+        "tcp.outbound|7000||cache.default.svc.cluster.local.downstream_cx_total",
+    ] {
+        admin.wait_for_stat_eq(name, 1).await?;
+    }
+
+    info!("mq shares 9080 with the HTTP listener, which has no route for it → its cluster");
+    let r = tcp_line_as(vm_ns, "mq.default.svc.cluster.local", 9080, "hello-mq").await?;
+    info!(?r, "mq");
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply == format!("mq hello-mq {vm_ip}"),
+        "mq: {r:?}"
+    );
+    anyhow::ensure!(mq.seen().len() == 1, "mq saw {:?}", mq.seen());
+    admin
+        .wait_for_stat_eq(
+            "cluster.outbound|9080||mq.default.svc.cluster.local.upstream_cx_total",
+            1,
+        )
+        .await?;
+
+    info!("reviews on the same port still goes through the HTTP listener by Host");
+    let r = curl_as(
+        vm_ns,
+        "http://reviews.default.svc.cluster.local:9080/by-host",
+    )
+    .await?;
+    anyhow::ensure!(
+        r.status == 200 && r.header("x-via") == Some("outbound-9080"),
+        "reviews: {r:?}"
+    );
+    anyhow::ensure!(
+        world.reviews.seen().len() == 1,
+        "{:?}",
+        world.reviews.seen()
+    );
+    let stats = proxy.stats().await?;
+    anyhow::ensure!(
+        stats.value("http.outbound_0.0.0.0_9080.downstream_cx_total") == Some(1),
+        "the HTTP listener saw {:?} connections (mq must not be one)",
+        stats.value("http.outbound_0.0.0.0_9080.downstream_cx_total")
+    );
+
+    info!("a port of db without a cluster: the catch-all's passthrough, which cannot reach it");
+    let r = tcp_line_as(vm_ns, "db.default.svc.cluster.local", 6000, "nowhere").await?;
+    anyhow::ensure!(
+        r.remote_ip.starts_with("240.240.") && r.reply.is_empty(),
+        "db:6000: {r:?}"
+    );
+    admin
+        .wait_for_stat_eq("cluster.PassthroughCluster.upstream_cx_total", 1)
+        .await?;
+    anyhow::ensure!(db.seen().len() == 2, "db saw {:?}", db.seen());
+
+    info!("the catch-all accepted db ×3 and mq; cache and reviews were counted where handed");
+    let stats = proxy.stats().await?;
+    anyhow::ensure!(
+        stats.value("listener.0.0.0.0_15001.downstream_cx_total") == Some(4),
+        "15001 accepted {:?}",
+        stats.value("listener.0.0.0.0_15001.downstream_cx_total")
+    );
+    anyhow::ensure!(
+        !world
+            .dns
+            .queries()
+            .iter()
+            .any(|(n, _)| n.contains("db.") || n.contains("cache.") || n.contains("mq.")),
+        "mesh names leaked to the upstream resolver: {:?}",
+        world.dns.queries()
+    );
+    Ok(())
+}
+
+/// `examples/` of the workspace.
+fn examples_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// A private scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir()
+            .join("petrel-e2e")
+            .join(format!("{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `systemd-analyze verify` of `unit` installed in an alternate root holding the host's unit
+/// directory (for `multi-user.target` and friends) and a `/usr/local/bin/petrel` that runs the
+/// built binary; returns what it printed.
+fn systemd_verify(root: &std::path::Path, unit: &str) -> anyhow::Result<String> {
+    let units = root.join("usr/lib/systemd");
+    std::fs::create_dir_all(&units)?;
+    let out = std::process::Command::new("cp")
+        .args(["-r", "/usr/lib/systemd/system"])
+        .arg(&units)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "copying unit directory: {out:?}");
+    let etc = root.join("etc/systemd/system");
+    std::fs::create_dir_all(&etc)?;
+    std::fs::write(etc.join("petrel.service"), unit)?;
+    let bin = root.join("usr/local/bin");
+    std::fs::create_dir_all(&bin)?;
+    let petrel = ProxyKind::Petrel.binary().map_err(anyhow::Error::msg)?;
+    std::fs::write(
+        bin.join("petrel"),
+        format!("#!/bin/sh\nexec {} \"$@\"\n", petrel.display()),
+    )?;
+    std::fs::set_permissions(
+        bin.join("petrel"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )?;
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .arg("petrel.service")
+        .output()?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(out.status.success() || !text.is_empty(), "verify: {out:?}");
+    Ok(if out.status.success() {
+        text
+    } else {
+        format!("exit {}: {text}", out.status)
+    })
+}
+
+/// Issue 5: the shipped systemd unit is one systemd accepts without a single warning
+/// (`systemd-analyze verify`: unit syntax, every key and value, the executables exist). A copy
+/// with a misspelt key shows the check is not vacuous.
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    petrel_e2e::trace_init();
+    if !have("systemd-analyze") {
+        eprintln!("SKIPPED: systemd-analyze is not installed (Debian package `systemd`)");
+        return;
+    }
+    if let Err(why) = ProxyKind::Petrel.binary() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    let unit = std::fs::read_to_string(examples_dir().join("systemd/petrel.service"))
+        .expect("examples/systemd/petrel.service");
+    let good = Scratch::new("systemd-verify").expect("scratch");
+    let text = systemd_verify(&good.0, &unit).expect("verify runs");
+    assert_eq!(text, "", "systemd-analyze verify complained");
+
+    let bad = Scratch::new("systemd-verify-bad").expect("scratch");
+    let broken = unit.replace("RestartSec=", "RestartSecs=");
+    let text = systemd_verify(&bad.0, &broken).expect("verify runs");
+    assert!(
+        text.contains("RestartSecs"),
+        "a bad key went unnoticed: {text:?}"
+    );
+}
+
+/// The unit's user database: the host's, plus what `systemd-sysusers` makes of
+/// `examples/systemd/petrel.sysusers`, in `root/etc`. Returns the proxy user's UID and GID.
+fn sysusers_root(root: &std::path::Path) -> anyhow::Result<(u32, u32)> {
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc)?;
+    for f in ["passwd", "group", "shadow", "gshadow"] {
+        if std::path::Path::new("/etc").join(f).exists() {
+            std::fs::copy(std::path::Path::new("/etc").join(f), etc.join(f))?;
+        }
+    }
+    let conf = examples_dir().join("systemd/petrel.sysusers");
+    let out = std::process::Command::new("systemd-sysusers")
+        .arg(format!("--root={}", root.display()))
+        .arg(&conf)
+        .output()?;
+    anyhow::ensure!(out.status.success(), "systemd-sysusers: {out:?}");
+    let field = |file: &str, idx: usize| -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(etc.join(file))?;
+        text.lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.first() == Some(&"petrel")).then(|| f.get(idx)?.parse().ok())?
+            })
+            .with_context(|| format!("no petrel in {file}:\n{text}"))
+    };
+    Ok((field("passwd", 2)?, field("group", 2)?))
+}
+
+/// The unit's `Exec*=` command lines with `petrel.env` expanded and the installed paths
+/// mapped to this checkout (`/run/petrel` to `run_dir`). Fails if a path of the unit is left
+/// unmapped, so the mapping cannot silently go stale.
+fn unit_commands(run_dir: &std::path::Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+    let examples = examples_dir();
+    let unit = vm::UnitFile::parse(&std::fs::read_to_string(
+        examples.join("systemd/petrel.service"),
+    )?);
+    let env_files = unit.values("Service", "EnvironmentFile");
+    anyhow::ensure!(
+        env_files == ["-/etc/petrel/petrel.env"],
+        "EnvironmentFile= changed: {env_files:?}"
+    );
+    let env = vm::parse_env_file(&std::fs::read_to_string(
+        examples.join("systemd/petrel.env"),
+    )?);
+    let petrel = ProxyKind::Petrel.binary().map_err(anyhow::Error::msg)?;
+    let map = [
+        ("/usr/local/bin/petrel", petrel.display().to_string()),
+        (
+            "/etc/petrel/bootstrap.yaml",
+            examples
+                .join("systemd/bootstrap.yaml")
+                .display()
+                .to_string(),
+        ),
+        (
+            "/etc/petrel/spec.yaml",
+            examples.join("spec.yaml").display().to_string(),
+        ),
+        ("/run/petrel", run_dir.display().to_string()),
+    ];
+    let mut out = Vec::new();
+    for key in [
+        "ExecStartPre",
+        "ExecStart",
+        "ExecStartPost",
+        "ExecStop",
+        "ExecStopPost",
+    ] {
+        for line in unit.values("Service", key) {
+            let argv = vm::exec_argv(line, &env)?
+                .into_iter()
+                .map(|a| {
+                    map.iter()
+                        .fold(a, |a, (from, to)| match a.strip_prefix(from) {
+                            Some(rest) => format!("{to}{rest}"),
+                            None => a,
+                        })
+                })
+                .collect::<Vec<_>>();
+            if let Some(a) = argv.iter().find(|a| {
+                a.starts_with("/etc/petrel")
+                    || a.starts_with("/run/")
+                    || a.starts_with("/usr/local")
+            }) {
+                anyhow::bail!("{key}= uses {a}, which the test does not map");
+            }
+            out.push((key.to_owned(), argv));
+        }
+    }
+    Ok(out)
+}
+
+/// `argv` as systemd would start it for the unit: in `ns`, as the sysusers-created user
+/// (`User=`/`Group=`), with exactly the unit's capabilities (`AmbientCapabilities=`,
+/// `CapabilityBoundingSet=`) and `NoNewPrivileges=`, the user database of `root` bind-mounted
+/// over `/etc/passwd` and `/etc/group` in a private mount namespace.
+fn as_unit(ns: &str, root: &std::path::Path, argv: &[String]) -> std::process::Command {
+    let etc = root.join("etc");
+    let mounts = format!(
+        "mount --bind {p} /etc/passwd && mount --bind {g} /etc/group && exec \"$@\"",
+        p = etc.join("passwd").display(),
+        g = etc.join("group").display()
+    );
+    let caps = "+net_admin,+net_raw";
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(["netns", "exec", ns, "unshare", "--mount", "--", "sh", "-c"])
+        .arg(mounts)
+        .args(["sh", "setpriv", "--reuid", "petrel", "--regid", "petrel"])
+        .args(["--clear-groups", "--no-new-privs", "--inh-caps", caps])
+        .args([
+            "--ambient-caps",
+            caps,
+            "--bounding-set",
+            &format!("-all,{caps}"),
+        ])
+        .args(argv)
+        .stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Issue 5: the unit's exact command lines (ExecStart=, ExecStopPost=, with petrel.env) are
+/// accepted by Petrel's CLI and work, run the way systemd runs them, in a network namespace:
+/// first with `--dry-run` (rules printed, configuration checked, nothing changed), then for
+/// real (rules installed as the unprivileged user, removed on SIGTERM while the control plane
+/// is unreachable), then SIGKILL + ExecStopPost= (the unit's crash cleanup).
+#[tokio::test]
+async fn systemd_unit_command_lines_work_as_the_proxy_user() {
+    petrel_e2e::trace_init();
+    if let Err(e) = systemd_commands_scenario().await {
+        for tail in petrel_e2e::proxy::take_recent_logs() {
+            eprintln!("{tail}");
+        }
+        panic!("{e:#}");
+    }
+}
+
+async fn systemd_commands_scenario() -> anyhow::Result<()> {
+    if let Some(why) = vm::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    for tool in ["systemd-sysusers", "unshare"] {
+        if !have(tool) {
+            eprintln!("SKIPPED: `{tool}` is not installed");
+            return Ok(());
+        }
+    }
+    if let Err(why) = ProxyKind::Petrel.binary() {
+        eprintln!("SKIPPED: {why}");
+        return Ok(());
+    }
+    let ns = petrel_e2e::netns::NetNs::create().map_err(anyhow::Error::msg)?;
+    let _resolv = ResolvConf::write(ns.name(), "nameserver 127.0.0.1\n")?;
+    let scratch = Scratch::new("systemd-unit")?;
+    let root = scratch.0.join("root");
+    let (uid, gid) = sysusers_root(&root)?;
+    info!(uid, gid, "the unit's user from petrel.sysusers");
+    // RuntimeDirectory=petrel: /run/petrel, owned by the unit's user.
+    let run_dir = scratch.0.join("run-petrel");
+    std::fs::create_dir_all(&run_dir)?;
+    std::os::unix::fs::chown(&run_dir, Some(uid), Some(gid))?;
+    std::os::unix::fs::chown(&scratch.0, Some(uid), Some(gid))?;
+    let commands = unit_commands(&run_dir)?;
+    let find = |key: &str| {
+        commands
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, a)| a.clone())
+            .with_context(|| format!("no {key}= in the unit"))
+    };
+    let (start, stop_post) = (find("ExecStart")?, find("ExecStopPost")?);
+    info!(?start, ?stop_post, "the unit's commands");
+    let before = vm::ruleset(ns.name())?;
+
+    info!("every command with --dry-run: accepted, nothing changed");
+    for (key, argv) in &commands {
+        let mut dry = argv.clone();
+        let at = dry
+            .iter()
+            .position(|a| a == "run" || a == "redirect")
+            .with_context(|| format!("{key}= is neither `petrel run` nor `petrel redirect`"))?;
+        dry.insert(at + 1, "--dry-run".into());
+        let out = as_unit(ns.name(), &root, &dry).output()?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        anyhow::ensure!(
+            out.status.success(),
+            "{key}= {dry:?}: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if key == "ExecStart" {
+            for want in [
+                format!("--uid-owner {uid} -j RETURN"),
+                format!("--gid-owner {gid} -j RETURN"),
+                // The app's ports come from examples/spec.yaml.
+                "--dport 8091 -j ISTIO_IN_REDIRECT".into(),
+                "--dport 9090 -j ISTIO_IN_REDIRECT".into(),
+                "-d 240.240.0.0/16 -j ISTIO_REDIRECT".into(),
+                // --mesh-cidrs from petrel.env.
+                "-d 10.96.0.0/12 -j ISTIO_REDIRECT".into(),
+                "-p udp --dport 53 -d 127.0.0.1/32 -j REDIRECT --to-ports 15053".into(),
+                "bootstrap.yaml' OK".into(),
+            ] {
+                anyhow::ensure!(stdout.contains(&want), "no {want:?} in\n{stdout}");
+            }
+        }
+    }
+    let after = vm::ruleset(ns.name())?;
+    anyhow::ensure!(after == before, "a dry run changed the rules:\n{after}");
+
+    info!("ExecStart= for real: rules installed as the unit's user");
+    let log = std::fs::File::create(scratch.0.join("petrel.log"))?;
+    let child = as_unit(ns.name(), &root, &start)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let mut child = petrel_e2e::netns::KillOnDrop(child);
+    let pid = child.0.id();
+    let logs = || std::fs::read_to_string(scratch.0.join("petrel.log")).unwrap_or_default();
+    let installed_marker = format!("--uid-owner {uid} -j RETURN");
+    petrel_e2e::wait::wait_until("capture rules", petrel_e2e::wait::DEADLINE, || {
+        let up = vm::ruleset(ns.name()).is_ok_and(|r| r.contains(&installed_marker));
+        async move { up }
+    })
+    .await
+    .with_context(logs)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+    anyhow::ensure!(
+        uid_line.split_whitespace().nth(1) == Some(uid.to_string().as_str()),
+        "the proxy runs as {uid_line:?}, not the unit's user {uid}"
+    );
+    anyhow::ensure!(
+        run_dir.join("capture.state").exists(),
+        "no state file in /run/petrel"
+    );
+
+    info!("SIGTERM (systemctl stop) while the control plane is unreachable: rules removed");
+    vm::exec_in(ns.name(), &["kill", "-TERM", &pid.to_string()])?;
+    let status = wait_child(&mut child.0).await?;
+    anyhow::ensure!(status.success(), "petrel run exited {status}: {}", logs());
+    let after = vm::ruleset(ns.name())?;
+    anyhow::ensure!(
+        after == before,
+        "rules left after SIGTERM:\n{after}\n{}",
+        logs()
+    );
+    let out = as_unit(ns.name(), &root, &stop_post).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ExecStopPost= after a clean stop: {out:?}"
+    );
+
+    info!("a crash (SIGKILL): the rules stay until ExecStopPost= removes exactly them");
+    let child = as_unit(ns.name(), &root, &start)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut child = petrel_e2e::netns::KillOnDrop(child);
+    petrel_e2e::wait::wait_until("capture rules", petrel_e2e::wait::DEADLINE, || {
+        let up = vm::ruleset(ns.name()).is_ok_and(|r| r.contains(&installed_marker));
+        async move { up }
+    })
+    .await?;
+    let installed = vm::ruleset(ns.name())?;
+    child.0.kill()?;
+    wait_child(&mut child.0).await?;
+    anyhow::ensure!(
+        vm::ruleset(ns.name())? == installed,
+        "SIGKILL changed the rules"
+    );
+    let out = as_unit(ns.name(), &root, &stop_post).output()?;
+    anyhow::ensure!(out.status.success(), "ExecStopPost=: {out:?}");
+    let after = vm::ruleset(ns.name())?;
+    anyhow::ensure!(after == before, "rules left after ExecStopPost=:\n{after}");
+    anyhow::ensure!(!run_dir.join("capture.state").exists(), "state file left");
+    Ok(())
+}
+
+/// Waits (polling, generous deadline) for a child to exit.
+async fn wait_child(child: &mut std::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+    let mut status = None;
+    petrel_e2e::wait::wait_until("the proxy to exit", Duration::from_secs(60), || {
+        if status.is_none() {
+            status = child.try_wait().ok().flatten();
+        }
+        let done = status.is_some();
+        async move { done }
+    })
+    .await?;
+    status.context("exit status")
+}
+
+/// Issue 5, bad input: with the firewall tools missing (an empty `/usr/sbin` in a private
+/// mount namespace, `PATH` without them), `petrel redirect` says which binary and which
+/// package each backend needs, and exits non-zero.
+#[test]
+fn missing_firewall_tools_are_named_with_their_package() {
+    petrel_e2e::trace_init();
+    if let Some(why) = vm::skip_reason() {
+        eprintln!("SKIPPED: {why}");
+        return;
+    }
+    if !have("unshare") {
+        eprintln!("SKIPPED: `unshare` is not installed");
+        return;
+    }
+    let petrel = match ProxyKind::Petrel.binary() {
+        Ok(p) => p.display().to_string(),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let ns = petrel_e2e::netns::NetNs::create().expect("namespace");
+    for (backend, wanted) in [
+        ("nft", "`nft` was not found: the nft backend needs it (install the `nftables` package"),
+        (
+            "iptables-legacy",
+            "`iptables-legacy-save` was not found: the iptables-legacy backend needs it (install the `iptables` package",
+        ),
+        ("auto", "`iptables-restore or nft` was not found"),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), "unshare", "--mount", "--", "sh", "-c"])
+            .arg(
+                "for d in /usr/sbin /sbin /usr/local/sbin; do \
+                 [ -L $d ] || [ ! -d $d ] || mount -t tmpfs none $d || exit 9; done; exec \"$@\"",
+            )
+            .args(["sh", &petrel, "redirect", "-b", "8080", "--no-ipv6", "--backend", backend])
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        info!(backend, %stderr);
+        assert_eq!(out.status.code(), Some(1), "{backend}: {stderr}");
+        assert!(stderr.contains(wanted), "{backend}: {stderr}");
+    }
 }

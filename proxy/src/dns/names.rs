@@ -530,6 +530,14 @@ impl MeshNames {
         self.by_addr.get(&ip).map(|&i| &*self.services[i].service)
     }
 
+    /// The service a capture address was *allocated* for, and where its name came from.
+    /// `None` for fixed addresses (NDS, static entries): those are real addresses the control
+    /// plane knows, and connections to them are routed like any other destination.
+    pub fn allocated_service(&self, ip: IpAddr) -> Option<(&str, NameSource)> {
+        let e = &self.services[*self.by_addr.get(&ip)?];
+        e.allocated.then_some((&*e.service, e.source))
+    }
+
     /// The capture range addresses are allocated from.
     pub fn cidr(&self) -> CaptureCidr {
         self.cidr.unwrap_or_default()

@@ -244,3 +244,33 @@ fn cidr_parsing() {
     let m = MeshNames::build([svc("a.x")], v6);
     assert!(v6.contains(m.resolve("a.x").unwrap()));
 }
+
+#[test]
+fn allocated_service_maps_only_allocated_addresses_back() {
+    let vip: IpAddr = "10.96.0.20".parse().unwrap();
+    let m = MeshNames::build(
+        [
+            MeshName::from_cluster("outbound|5432||db.default.svc.cluster.local", &ctx()).unwrap(),
+            MeshName::from_virtual_host(&["reviews.default.svc.cluster.local:9080"], &ctx())
+                .unwrap(),
+            MeshName::from_cluster("reviews.default.svc.cluster.local", &ctx()).unwrap(),
+            svc("fixed.x").with_addrs([vip]),
+        ],
+        CaptureCidr::default(),
+    );
+    let db = m.resolve("db.default").unwrap();
+    assert_eq!(
+        m.allocated_service(db),
+        Some(("db.default.svc.cluster.local", NameSource::Cluster))
+    );
+    // Named by a route domain and a cluster: the higher source is kept (it is an HTTP route).
+    let reviews = m.resolve("reviews").unwrap();
+    assert_eq!(
+        m.allocated_service(reviews),
+        Some(("reviews.default.svc.cluster.local", NameSource::VirtualHost))
+    );
+    // A fixed address is real: the control plane routes it, not the capture mapping.
+    assert_eq!(m.name_for(vip), Some("fixed.x"));
+    assert_eq!(m.allocated_service(vip), None);
+    assert_eq!(m.allocated_service("240.240.0.0".parse().unwrap()), None);
+}

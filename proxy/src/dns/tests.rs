@@ -354,6 +354,21 @@ async fn other_names_are_forwarded_byte_for_byte() {
 }
 
 #[tokio::test]
+async fn forwarded_answers_are_not_cached() {
+    init();
+    let (up, seen) = fake_upstream().await;
+    let h = start(vec![up]).await;
+    info!("the same forwarded name three times: three upstream queries");
+    for _ in 0..3 {
+        let (r, _) = udp(h.addr, &query("example.com.", RecordType::A, None)).await;
+        assert_eq!(addrs(&r).len(), 1);
+    }
+    let upstream = seen.seen.lock().unwrap().len();
+    assert_eq!(upstream, 3, "a forwarded answer was served from memory");
+    assert_eq!(counter(&h, "dns.forwarded"), 3);
+}
+
+#[tokio::test]
 async fn large_answers_fall_back_to_tcp_and_are_truncated_for_small_clients() {
     init();
     let (up, _) = fake_upstream().await;

@@ -1,5 +1,6 @@
 //! Listeners: accept, original-destination handoff, listener filters, filter chain
 //! selection, then the network filter (`tcp_proxy` or `http_connection_manager`).
+mod capture;
 mod chain;
 mod cidr;
 pub mod inspect;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tracing::{debug, warn};
 
+pub use capture::CaptureRoutes;
 pub use cidr::Cidr;
 
 use crate::config::address::ListenAddr;
@@ -185,6 +187,21 @@ impl Listener {
             }
         }
         if let (true, Some(dst), false) = (self.use_original_dst, orig_dst, handoff) {
+            // VM mode: a capture address stands for the mesh service it was allocated for.
+            let routed = shared.capture.get().and_then(|c| c.route(&shared, dst));
+            match routed {
+                Some(capture::CaptureRoute::Listener(target, to))
+                    if !Arc::ptr_eq(&target, &self) =>
+                {
+                    return Box::pin(target.handle_tcp_with_dst(shared, stream, remote, to)).await;
+                }
+                Some(capture::CaptureRoute::Cluster(c)) => {
+                    return self
+                        .serve_capture_cluster(shared, stream, remote, dst, c)
+                        .await;
+                }
+                _ => {}
+            }
             if let Some(target) = shared.listener_for(dst) {
                 if !Arc::ptr_eq(&target, &self) {
                     debug!(listener = %target.name, %dst, "original destination handoff");

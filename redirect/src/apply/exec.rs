@@ -59,6 +59,9 @@ pub(crate) fn run(
     }
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     let lower = stderr.to_ascii_lowercase();
+    if lower.contains("_tables_names") && lower.contains("permission denied") {
+        return Err(RedirectError::LegacyNeedsRoot { command, stderr });
+    }
     if lower.contains("permission denied") || lower.contains("operation not permitted") {
         return Err(RedirectError::MissingPrivileges {
             action: format!("run `{command}` ({stderr})"),

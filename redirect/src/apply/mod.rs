@@ -418,6 +418,11 @@ pub fn cleanup(opts: &ApplyOptions) -> Result<(), RedirectError> {
                     Err(e) if e.is_missing_binary() => {
                         debug!(backend = %b, "not installed; nothing to clean")
                     }
+                    // An unprivileged user (the systemd unit's) cannot read iptables-legacy,
+                    // so cannot have installed rules there either: clean the others.
+                    Err(e @ RedirectError::LegacyNeedsRoot { .. }) => {
+                        debug!(backend = %b, error = %e, "not readable without root; skipped");
+                    }
                     Err(e) if e.is_missing_privileges() => return Err(e),
                     Err(e) => {
                         warn!(backend = %b, error = %e, "cleanup failed on this backend");

@@ -383,6 +383,37 @@ pub fn connect(ns: &Netns, host: &str, port: u16, uid: Option<u32>) -> bool {
     send(ns, "tcp", host, port, uid)
 }
 
+/// Connects from `ns` as `uid` to `host:port` from source address `src` (the system python3:
+/// bash cannot bind a source), bounded by 5s.
+pub fn connect_from(ns: &Netns, src: &str, host: &str, port: u16, uid: u32) -> bool {
+    let script = format!(
+        "import socket; a = socket.getaddrinfo({host:?}, {port})[0]; \
+         s = socket.socket(a[0], socket.SOCK_STREAM); s.bind(({src:?}, 0)); \
+         s.settimeout(5); s.connect(a[4]); s.sendall(b'hi')"
+    );
+    let uid = uid.to_string();
+    let python = if std::path::Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = ns.try_exec(&[
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        python,
+        "-c",
+        &script,
+    ]);
+    if !out.status.success() {
+        eprintln!("connect_from: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    out.status.success()
+}
+
 /// Sends one datagram from `ns` (optionally as `uid`) to `host:port`.
 pub fn send_udp(ns: &Netns, host: &str, port: u16, uid: Option<u32>) -> bool {
     send(ns, "udp", host, port, uid)
