@@ -285,3 +285,64 @@ virtual_hosts:
 async fn internal_requests_may_steer_retries_like_envoy() {
     differential(internal_scenario).await;
 }
+
+/// `previous_hosts`: a retry goes to a host the request has not tried. Two always-failing
+/// hosts under RANDOM balancing: with the predicate (and up to 100 re-picks, so a repeat has
+/// probability 2^-100) each request tries each host exactly once.
+async fn previous_hosts_scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
+    let (a, b) = (Upstream::start("a").await?, Upstream::start("b").await?);
+    a.always(&[("x-echo-status", "503")]);
+    b.always(&[("x-echo-status", "503")]);
+    let routes = r#"
+virtual_hosts:
+- name: all
+  domains: ["*"]
+  routes:
+  - match: {prefix: "/"}
+    route:
+      cluster: pair
+      retry_policy:
+        retry_on: "5xx"
+        num_retries: 1
+        host_selection_retry_max_attempts: 100
+        retry_host_predicate:
+        - name: envoy.retry_host_predicates.previous_hosts
+          typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
+"#;
+    let yaml = http_bootstrap(
+        routes,
+        &[cluster_with(
+            "pair",
+            &[a.addr(), b.addr()],
+            "lb_policy: RANDOM",
+        )],
+    );
+    let proxy = Proxy::start(kind, &yaml, &[]).await?;
+    let mut obs = Observations::new(kind);
+    let mut c = HttpClient::connect(proxy.addr("http"), Proto::Http1).await?;
+    for i in 0..10 {
+        let r = c.get("retry.test", "/").await?;
+        anyhow::ensure!(r.status == 503, "{kind}: #{i} → {}", r.status);
+        anyhow::ensure!(
+            a.requests() == i + 1 && b.requests() == i + 1,
+            "{kind}: after {} requests a saw {}, b saw {}",
+            i + 1,
+            a.requests(),
+            b.requests()
+        );
+    }
+    obs.record("requests per host", (a.requests(), b.requests()));
+    obs.stat_eq(
+        &proxy,
+        "cluster.pair.upstream_rq_retry",
+        "cluster.pair.upstream_rq_retry",
+        10,
+    )
+    .await?;
+    Ok(obs)
+}
+
+#[tokio::test]
+async fn previous_hosts_retries_go_to_another_host_like_envoy() {
+    differential(previous_hosts_scenario).await;
+}
