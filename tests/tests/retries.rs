@@ -55,6 +55,16 @@ virtual_hosts:
       retry_policy: {retry_on: "connect-failure"}
 "#;
 
+/// An access log of each request's path, status and response flags.
+const FLAG_LOG: &str = r#"
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: "{{dir}}/flags.log"
+    log_format: {text_format_source: {inline_string: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n"}}
+"#;
+
 /// Runs `GET path` and records status, body and how many requests the upstream saw.
 async fn step(
     obs: &mut Observations,
@@ -81,7 +91,8 @@ async fn scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
     let flaky = Upstream::start("flaky").await?;
     let tight = Upstream::start("tight").await?;
     let dead = ClosedPort::new()?;
-    let yaml = http_bootstrap(
+    let yaml = http_bootstrap_with(
+        FLAG_LOG,
         ROUTES,
         &[
             cluster("flaky", &[flaky.addr()]),
@@ -177,6 +188,21 @@ async fn scenario(kind: ProxyKind) -> anyhow::Result<Observations> {
     });
     obs.record("header ignored: upstream saw retry headers", saw);
 
+    // Response flags: URX after the retry limit, UO when the breaker refuses the retry, UF
+    // for the final connect failure.
+    let log = proxy.dir().join("flags.log");
+    petrel_e2e::assert_eventually!(
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+            >= 10,
+        "access log lines: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    let flags = std::fs::read_to_string(&log)?;
+    info!(%kind, "access log:\n{flags}");
+    obs.record("access log", flags.lines().collect::<Vec<_>>());
     for (stat, v) in [
         ("flaky.upstream_rq_retry", 8),
         ("flaky.upstream_rq_retry_success", 5),

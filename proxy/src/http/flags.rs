@@ -4,23 +4,34 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::upstream::body::ProxyBody;
 
-/// A set of response flags.
+/// A set of response flags, remembering the order they were set in: Envoy 1.40 prints
+/// `%RESPONSE_FLAGS%` in that order (e.g. `URX,UF`: the retry limit is noted before the
+/// final connect failure), checked against the pinned Envoy.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Flags(u32);
+pub struct Flags {
+    bits: u32,
+    /// Bit indices in insertion order, 5 bits each (at most 12 flags are kept in order).
+    order: u64,
+}
 
 macro_rules! flags {
     ($($name:ident = $bit:expr, $short:literal;)*) => {
         impl Flags {
             $(
                 #[doc = concat!("`", $short, "`")]
-                pub const $name: Flags = Flags(1 << $bit);
+                pub const $name: Flags = Flags { bits: 1 << $bit, order: $bit };
             )*
-            const NAMES: &'static [(Flags, &'static str)] = &[$((Flags::$name, $short)),*];
+            /// Short names by bit index.
+            fn name_of(bit: u32) -> &'static str {
+                match bit {
+                    $($bit => $short,)*
+                    _ => "",
+                }
+            }
         }
     };
 }
 
-// Listed in the order Envoy prints them (`ResponseFlagUtils::toShortString`).
 flags! {
     NO_HEALTHY_UPSTREAM = 0, "UH";
     UPSTREAM_REQUEST_TIMEOUT = 4, "UT";
@@ -43,31 +54,45 @@ flags! {
 }
 
 impl Flags {
-    /// Adds `other`.
+    /// Adds `other` (after the flags already set).
     pub fn insert(&mut self, other: Flags) {
-        self.0 |= other.0;
+        for bit in other.bits_in_order() {
+            if self.bits & (1 << bit) == 0 {
+                let n = self.bits.count_ones();
+                if n < 12 {
+                    self.order |= u64::from(bit) << (5 * n);
+                }
+                self.bits |= 1 << bit;
+            }
+        }
     }
 
     /// Whether no flag is set.
     pub fn is_empty(&self) -> bool {
-        self.0 == 0
+        self.bits == 0
+    }
+
+    /// Whether every flag of `other` is set.
+    pub fn contains(&self, other: Flags) -> bool {
+        self.bits & other.bits == other.bits
+    }
+
+    fn bits_in_order(&self) -> impl Iterator<Item = u32> + '_ {
+        let n = self.bits.count_ones().min(12);
+        (0..n).map(move |i| ((self.order >> (5 * i)) & 31) as u32)
     }
 }
 
 impl std::fmt::Display for Flags {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == 0 {
+        if self.bits == 0 {
             return f.write_str("-");
         }
-        let mut first = true;
-        for (flag, name) in Flags::NAMES {
-            if self.0 & flag.0 != 0 {
-                if !first {
-                    f.write_str(",")?;
-                }
-                f.write_str(name)?;
-                first = false;
+        for (i, bit) in self.bits_in_order().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
             }
+            f.write_str(Flags::name_of(bit))?;
         }
         Ok(())
     }
@@ -140,5 +165,11 @@ mod tests {
         assert_eq!(f.to_string(), "UF");
         f.insert(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
         assert_eq!(f.to_string(), "UF,URX");
+        let mut g = Flags::default();
+        g.insert(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        g.insert(Flags::UPSTREAM_CONNECTION_FAILURE);
+        g.insert(Flags::UPSTREAM_RETRY_LIMIT_EXCEEDED);
+        assert_eq!(g.to_string(), "URX,UF");
+        assert!(g.contains(Flags::UPSTREAM_CONNECTION_FAILURE));
     }
 }
